@@ -1,0 +1,98 @@
+"""The five algorithms as one meta-gradient function over a meta-batch.
+
+  maml     exact second-order MAML          grad of mean_i maml_loss
+  fomaml   first-order MAML                 same, first_order=True
+  metasgd  Meta-SGD: learned per-parameter inner rates, differentiated jointly
+  anil     ANIL: only the "head" adapts in the inner loop
+  reptile  pseudo-gradient theta - mean_i phi_i
+
+All of them run the single inner loop in `metajax.inner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from metajax.inner import LossFn, PyTree
+from metajax.maml import maml_loss
+from metajax.reptile import reptile_pseudo_grad
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+  """Static (hashable) description of how to compute the meta-gradient."""
+  name: str
+  steps: int
+  inner_lr: float
+  first_order: bool = False
+  learn_inner_lr: bool = False      # Meta-SGD
+  head_only: bool = False           # ANIL
+  inner_optimizer: str = "sgd"      # Reptile may use "adam"
+  unroll: bool = False
+  remat: bool = False
+
+  @classmethod
+  def from_config(cls, config) -> "Algorithm":
+    name = config.algorithm
+    return cls(
+        name=name,
+        steps=config.inner_steps,
+        inner_lr=float(config.inner_lr),
+        first_order=bool(config.first_order) or name == "fomaml",
+        learn_inner_lr=name == "metasgd",
+        head_only=name == "anil",
+        inner_optimizer=config.inner_optimizer,
+        unroll=config.unroll,
+        remat=config.remat,
+    )
+
+
+def head_mask(params: PyTree) -> PyTree:
+  """True for leaves under a top-level "head" module (ANIL adapts only these)."""
+  return {k: jax.tree.map(lambda _, h=(k == "head"): h, v) for k, v in params.items()}
+
+
+def inner_mask(algo: Algorithm, params: PyTree) -> Optional[PyTree]:
+  return head_mask(params) if algo.head_only else None
+
+
+def inner_lr(algo: Algorithm, meta_params: dict) -> Any:
+  """The inner rate: learned pytree (Meta-SGD) or the fixed scalar."""
+  return meta_params["inner_lr"] if algo.learn_inner_lr else algo.inner_lr
+
+
+def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
+                  tasks: dict) -> tuple[jax.Array, dict]:
+  """Mean query loss over the meta-batch and its meta-gradient.
+
+  Args:
+    meta_params: {"params": theta, "inner_lr": alpha pytree or None}.
+    tasks: {"support": (x_BxKx..., y_BxK...), "query": (x_BxQx..., y_BxQ...)}.
+
+  Returns:
+    (loss, grads) with grads shaped like `meta_params`. For MAML-family
+    algorithms grads = d/d(theta, alpha) mean_i L_query_i(adapt(theta, alpha));
+    for Reptile grads["params"] = theta - mean_i phi_i (a pseudo-gradient).
+  """
+  params = meta_params["params"]
+  if algo.name == "reptile":
+    pseudo, loss = reptile_pseudo_grad(
+        loss_fn, params, tasks, steps=algo.steps, lr=algo.inner_lr,
+        optimizer=algo.inner_optimizer, unroll=algo.unroll)
+    return loss, {"params": pseudo, "inner_lr": None}
+
+  mask = inner_mask(algo, params)
+
+  def mean_query_loss(meta_params):
+    lr = inner_lr(algo, meta_params)
+    task_loss = lambda task: maml_loss(
+        loss_fn, meta_params["params"], task, steps=algo.steps, lr=lr,
+        first_order=algo.first_order, mask=mask, unroll=algo.unroll,
+        remat=algo.remat)
+    return jnp.mean(jax.vmap(task_loss)(tasks))
+
+  return jax.value_and_grad(mean_query_loss)(meta_params)

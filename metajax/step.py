@@ -1,0 +1,93 @@
+"""The jitted outer update: (state, key) -> (state, metrics).
+
+One meta-step samples a meta-batch of tasks on device, adapts to each
+(vmapped), computes the meta-gradient and applies the optax update.
+`make_train_chunk` runs `steps_per_call` of them inside one `lax.scan` so that
+small models are not bound by Python dispatch; state is donated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.algorithms import Algorithm, meta_gradient
+from metajax.inner import LossFn, PyTree
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32 scalar: meta-steps taken
+  params: PyTree         # theta
+  inner_lr: PyTree       # Meta-SGD's learned per-parameter rates, else None
+  opt_state: Any         # optax state over {"params", "inner_lr"}
+  key: jax.Array         # base key; step t uses fold_in(key, t)
+
+  def meta_params(self) -> dict:
+    return {"params": self.params, "inner_lr": self.inner_lr}
+
+
+def make_outer_optimizer(config) -> optax.GradientTransformation:
+  lr = config.outer_lr
+  if config.outer_lr_schedule == "linear":
+    lr = optax.linear_schedule(config.outer_lr, 0.0, config.num_steps)
+  elif config.outer_lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(config.outer_lr, config.num_steps)
+  if config.outer_optimizer == "adam":
+    return optax.adam(lr)
+  return optax.sgd(lr)
+
+
+def init_state(config, algo: Algorithm, params: PyTree,
+               optimizer: optax.GradientTransformation, key) -> TrainState:
+  """Initial state; Meta-SGD's rates start U[metasgd_lr_range] per entry."""
+  key, lr_key = jax.random.split(key)
+  inner_lr = None
+  if algo.learn_inner_lr:
+    lo, hi = config.metasgd_lr_range
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(lr_key, len(leaves))
+    inner_lr = jax.tree.unflatten(treedef, [
+        jax.random.uniform(k, p.shape, p.dtype, lo, hi)
+        for k, p in zip(keys, leaves)])
+  meta_params = {"params": params, "inner_lr": inner_lr}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    inner_lr=inner_lr, opt_state=optimizer.init(meta_params),
+                    key=key)
+
+
+def make_meta_step(algo: Algorithm, loss_fn: LossFn,
+                   sample_tasks: Callable[[jax.Array], dict],
+                   optimizer: optax.GradientTransformation):
+  """Returns the pure `meta_step(state, key) -> (state, {"loss": scalar})`."""
+
+  def meta_step(state: TrainState, key) -> tuple[TrainState, dict]:
+    tasks = sample_tasks(key)
+    meta_params = state.meta_params()
+    loss, grads = meta_gradient(algo, loss_fn, meta_params, tasks)
+    updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
+    meta_params = optax.apply_updates(meta_params, updates)
+    state = state.replace(step=state.step + 1, params=meta_params["params"],
+                          inner_lr=meta_params["inner_lr"], opt_state=opt_state)
+    return state, {"loss": loss}
+
+  return meta_step
+
+
+def make_train_chunk(meta_step, steps_per_call: int):
+  """jit(state -> (state, metrics_T)): `steps_per_call` meta-steps in a scan.
+
+  Step t draws its tasks with `fold_in(state.key, t)`, so a run is a pure
+  function of the seed however it is chunked.
+  """
+
+  def chunk(state: TrainState):
+    def body(state, _):
+      return meta_step(state, jax.random.fold_in(state.key, state.step))
+    return jax.lax.scan(body, state, None, length=steps_per_call)
+
+  return jax.jit(chunk, donate_argnums=0)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Trains every sinusoid experiment at K = 5, 10, 20 (query K per task, as in
+# MAML's reference code) and prints the table rows for docs/RESULTS.md.
+#   bash scripts/sine_table.sh [RUNS_DIR] [EXTRA --config.KEY=VALUE ...]
+set -euo pipefail
+runs=${1:-runs/sine_table}; shift || true
+for algo in maml fomaml reptile metasgd anil; do
+  for k in 5 10 20; do
+    python -m metajax.train --config "experiments/sine_${algo}.py" \
+      --workdir "${runs}/${algo}_k${k}" --config.k_shot=$k --config.k_query=$k "$@" \
+      2>/dev/null | grep -v "^outputs"
+  done
+done
+python -m metajax.results "${runs}"
