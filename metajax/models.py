@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 
 class MLP(nn.Module):
@@ -18,3 +20,102 @@ class MLP(nn.Module):
     for i, width in enumerate(self.hidden):
       h = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h))
     return nn.Dense(self.out, name="head")(h)
+
+
+# ------------------------------------------------------------------ conv-4
+CONV_IMPLS = ("xla", "im2col", "shifted")
+BN_MODES = ("transductive", "per_step", "none")
+
+
+def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla"):
+  """3x3 'SAME' convolution, stride 1, in one of three equivalent forms.
+
+  xla:     lax.conv_general_dilated. Under vmap with per-task kernels it
+           becomes a grouped convolution, which XLA's CPU backend runs slowly.
+  im2col:  the 9 shifted views concatenated on channels, then one matmul
+           (N*H*W x 9C) @ (9C x O); under vmap a batched matmul.
+  shifted: sum over the 9 offsets of (N*H*W x C) @ (C x O); no 9x patch
+           buffer, smaller matmuls.
+  All are built from slices, pads and dots, so every order of derivative is
+  again slices, pads and dots.
+  """
+  if impl == "xla":
+    return jax.lax.conv_general_dilated(
+        x_NxHxWxC, kernel_3x3xCxO, (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  n, h, w, c = x_NxHxWxC.shape
+  o = kernel_3x3xCxO.shape[-1]
+  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+  if impl == "im2col":
+    patches = jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c)
+    out = patches @ kernel_3x3xCxO.reshape(9 * c, o)
+  elif impl == "shifted":
+    k_9xCxO = kernel_3x3xCxO.reshape(9, c, o)
+    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t] for t, v in enumerate(views))
+  else:
+    raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
+  return out.reshape(n, h, w, o)
+
+
+def max_pool2x2(x_NxHxWxC):
+  """2x2 max-pool, stride 2, 'VALID' (odd sizes lose their last row/column).
+
+  Written as reshape + max so its derivatives are elementwise masks rather
+  than XLA's select-and-scatter, which is slow on CPU at second order.
+  """
+  n, h, w, c = x_NxHxWxC.shape
+  x = x_NxHxWxC[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def batch_norm(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
+  """Normalises with the statistics of this batch (transductive, as in MAML)."""
+  mean = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x_NxHxWxC - mean), axis=(0, 1, 2))
+  return (x_NxHxWxC - mean) * jax.lax.rsqrt(var + eps) * scale_C + bias_C
+
+
+class ConvBlock(nn.Module):
+  """[3x3 conv, batch norm, ReLU, 2x2 max-pool]."""
+  filters: int
+  bn: str = "transductive"
+  bn_steps: int = 1           # per_step: number of (scale, bias) sets
+  conv_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC, step=0):
+    c = x_NxHxWxC.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (3, 3, c, self.filters))
+    bias = self.param("bias", nn.initializers.zeros, (self.filters,))
+    h = conv3x3(x_NxHxWxC, kernel, self.conv_impl) + bias
+    if self.bn != "none":
+      sets = self.bn_steps if self.bn == "per_step" else 1
+      scale = self.param("bn_scale", nn.initializers.ones, (sets, self.filters))
+      shift = self.param("bn_bias", nn.initializers.zeros, (sets, self.filters))
+      idx = jnp.minimum(step, sets - 1) if self.bn == "per_step" else 0
+      h = batch_norm(h, scale[idx], shift[idx])
+    return max_pool2x2(nn.relu(h))
+
+
+class Conv4(nn.Module):
+  """Conv-4 of the MAML papers: 4 ConvBlocks and a linear head to `ways`.
+
+  64 filters on Omniglot (28x28x1), 32 on mini-ImageNet (84x84x3).
+  x_NxHxWxC -> logits_NxWays. `step` selects per-step BN parameters
+  (bn="per_step", MAML++); statistics are always those of the batch.
+  """
+  ways: int
+  filters: int = 64
+  bn: str = "transductive"
+  bn_steps: int = 1
+  conv_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x_NxHxWxC, step=0):
+    h = x_NxHxWxC
+    for i in range(4):
+      h = ConvBlock(self.filters, self.bn, self.bn_steps, self.conv_impl,
+                    name=f"block_{i}")(h, step)
+    return nn.Dense(self.ways, name="head")(h.reshape(h.shape[0], -1))

@@ -1,0 +1,42 @@
+"""Collects eval.json files under a folder into a markdown table.
+
+  python -m metajax.results runs/sine_table
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+
+def _cell(r, step):
+  m, c = r["mse"][step], r["ci95"][step]
+  return "diverged" if m is None else f"{m:.3f} ± {c:.3f}"
+
+
+def sinusoid_table(root: str) -> str:
+  rows = []
+  for path in sorted(glob.glob(os.path.join(root, "*", "eval.json"))):
+    with open(path) as f:
+      e = json.load(f)
+    k = str(e["k_shot_train"])
+    r = e["by_k_shot"].get(k)
+    if r is None:
+      continue
+    rows.append((e["algorithm"], int(k), os.path.basename(os.path.dirname(path)),
+                 _cell(r, 1), _cell(r, min(10, len(r["mse"]) - 1)),
+                 f"{1e3 * e['sec_per_meta_step']:.3f}", f"{e['compile_s']:.1f}",
+                 f"{e['train_wall_s']:.0f}", e["num_steps"]))
+  order = ["maml", "fomaml", "metasgd", "anil", "reptile"]
+  rows.sort(key=lambda r: (order.index(r[0]) if r[0] in order else 99, r[1]))
+  out = ["| algorithm | K (train = test) | run | MSE after 1 step ± 95% CI | "
+         "after 10 steps | ms / meta-step | compile s | train wall s | meta-steps |",
+         "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+  out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(out)
+
+
+if __name__ == "__main__":
+  print(sinusoid_table(sys.argv[1] if len(sys.argv) > 1 else "runs"))

@@ -1,0 +1,135 @@
+"""Reptile, Meta-SGD, ANIL and the vmapped meta-batch against independent truths."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import metajax
+from metajax.algorithms import Algorithm, head_mask, meta_gradient
+from helpers import (central_fd_grad, linear_loss, random_task, tanh_mlp_loss,
+                     tanh_mlp_params)
+
+
+def _task_batch(key, n_tasks, **kw):
+  tasks = [random_task(k, **kw) for k in jax.random.split(key, n_tasks)]
+  return tasks, jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
+
+
+def _np_inner(w, X, y, steps, lr, optimizer):
+  """The inner loop written out in numpy: SGD, or Adam with beta1 = 0."""
+  w = np.array(w)
+  nu = np.zeros_like(w)
+  for t in range(1, steps + 1):
+    g = 2 * X.T @ (X @ w - y) / len(X)
+    if optimizer == "sgd":
+      w = w - lr * g
+    else:  # Adam, beta1 = 0, beta2 = 0.99, eps = 1e-8, bias-corrected nu
+      nu = 0.99 * nu + 0.01 * g * g
+      w = w - lr * g / (np.sqrt(nu / (1 - 0.99 ** t)) + 1e-8)
+  return w
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_reptile_update_equals_formula(optimizer):
+  with jax.enable_x64(True):
+    task_list, tasks = _task_batch(jax.random.PRNGKey(0), 4, dim=3)
+    theta = jax.random.normal(jax.random.PRNGKey(1), (3, 1), jnp.float64)
+    eps, lr, steps = 0.3, 0.05, 4
+    algo = Algorithm(name="reptile", steps=steps, inner_lr=lr,
+                     inner_optimizer=optimizer)
+    loss_fn = lambda p, b: linear_loss(p["w"], b)
+    meta_params = {"params": {"w": theta}, "inner_lr": None}
+    _, grads = meta_gradient(algo, loss_fn, meta_params, tasks)
+    opt = optax.sgd(eps)
+    updates, _ = opt.update(grads, opt.init(meta_params), meta_params)
+    new_theta = optax.apply_updates(meta_params, updates)["params"]["w"]
+    phis = [_np_inner(theta, np.asarray(t["support"][0]), np.asarray(t["support"][1]),
+                      steps, lr, optimizer) for t in task_list]
+    expected = np.asarray(theta) + eps * (np.mean(phis, axis=0) - np.asarray(theta))
+    np.testing.assert_allclose(new_theta, expected, rtol=1e-10)
+
+
+def test_metasgd_lr_gradient_matches_finite_differences():
+  with jax.enable_x64(True):
+    params = tanh_mlp_params(jax.random.PRNGKey(2), sizes=(1, 4, 1))
+    lr = jax.tree.map(lambda p: jnp.full_like(p, 0.05) + 0.01 * p, params)
+    task = random_task(jax.random.PRNGKey(3))
+    lr_flat, unravel = ravel_pytree(lr)
+    loss = lambda a: metajax.maml_loss(tanh_mlp_loss, params, task, steps=2, lr=a)
+    grad = ravel_pytree(jax.grad(loss)(lr))[0]
+    fd = central_fd_grad(jax.jit(lambda v: loss(unravel(v))), lr_flat)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
+    assert np.all(np.abs(grad) > 0)
+
+
+def test_metasgd_scalar_rates_equal_maml():
+  with jax.enable_x64(True):
+    params = tanh_mlp_params(jax.random.PRNGKey(4))
+    task = random_task(jax.random.PRNGKey(5))
+    lr_tree = jax.tree.map(lambda p: jnp.full_like(p, 0.2), params)
+    a = metajax.maml_loss(tanh_mlp_loss, params, task, steps=2, lr=0.2)
+    b = metajax.maml_loss(tanh_mlp_loss, params, task, steps=2, lr=lr_tree)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+class AnilTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_body_untouched_head_adapted(self):
+    params = tanh_mlp_params(jax.random.PRNGKey(6), dtype=jnp.float32)
+    task = random_task(jax.random.PRNGKey(7), dtype=jnp.float32)
+    phi = self.variant(lambda p: metajax.adapt(
+        tanh_mlp_loss, p, task["support"], steps=3, lr=0.5,
+        mask=head_mask(p)))(params)
+    for name in ("hidden_0", "hidden_1"):
+      for leaf in ("w", "b"):
+        np.testing.assert_array_equal(phi[name][leaf], params[name][leaf])
+    assert np.max(np.abs(phi["head"]["w"] - params["head"]["w"])) > 1e-3
+
+  def test_anil_meta_gradient_matches_finite_differences(self):
+    # The body is still meta-learned: its gradient flows through the head's steps.
+    with jax.enable_x64(True):
+      params = tanh_mlp_params(jax.random.PRNGKey(8), sizes=(1, 4, 1))
+      task = random_task(jax.random.PRNGKey(9))
+      flat, unravel = ravel_pytree(params)
+      loss = lambda p: metajax.maml_loss(tanh_mlp_loss, p, task, steps=2, lr=0.3,
+                                         mask=head_mask(p))
+      grad = ravel_pytree(jax.grad(loss)(params))[0]
+      fd = central_fd_grad(jax.jit(lambda v: loss(unravel(v))), flat)
+      np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
+      full = ravel_pytree(jax.grad(lambda p: metajax.maml_loss(
+          tanh_mlp_loss, p, task, steps=2, lr=0.3))(params))[0]
+      assert np.max(np.abs(full - grad)) > 1e-4  # differs from adapting everything
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "reptile"])
+def test_vmapped_meta_batch_equals_python_loop(name):
+  with jax.enable_x64(True):
+    params = tanh_mlp_params(jax.random.PRNGKey(10))
+    task_list, tasks = _task_batch(jax.random.PRNGKey(11), 5)
+    algo = Algorithm(name=name, steps=2, inner_lr=0.1,
+                     first_order=name == "fomaml", learn_inner_lr=name == "metasgd",
+                     head_only=name == "anil")
+    lr = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params) \
+        if name == "metasgd" else None
+    meta_params = {"params": params, "inner_lr": lr}
+    loss, grads = meta_gradient(algo, tanh_mlp_loss, meta_params, tasks)
+    per_task = [meta_gradient(algo, tanh_mlp_loss, meta_params,
+                              jax.tree.map(lambda a: a[None], t)) for t in task_list]
+    np.testing.assert_allclose(loss, np.mean([l for l, _ in per_task]), rtol=1e-12)
+    expected = jax.tree.map(lambda *gs: np.mean(gs, axis=0), *[g for _, g in per_task])
+    chex.assert_trees_all_close(grads, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_jit_and_no_jit_meta_gradient_agree():
+  params = tanh_mlp_params(jax.random.PRNGKey(12), dtype=jnp.float32)
+  _, tasks = _task_batch(jax.random.PRNGKey(13), 3, dtype=jnp.float32)
+  algo = Algorithm(name="maml", steps=3, inner_lr=0.1)
+  mp = {"params": params, "inner_lr": None}
+  eager = meta_gradient(algo, tanh_mlp_loss, mp, tasks)
+  jitted = jax.jit(lambda m, t: meta_gradient(algo, tanh_mlp_loss, m, t))(mp, tasks)
+  chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,127 @@
+"""Training loop, outputs, determinism and bad input."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metajax import config as config_lib
+from metajax.train import load_config, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "sine_*.py")))
+
+
+def tiny(**overrides):
+  c = config_lib.sinusoid_base()
+  c.update(dict(num_steps=200, steps_per_call=50, log_every=100, meta_batch=5,
+                eval_tasks=30, eval_max_steps=2, eval_shots=(5,), plots=False))
+  c.update(overrides)
+  return c
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_experiment_files_load_and_validate(path):
+  config = load_config(path)
+  assert os.path.basename(path) == f"sine_{config.algorithm}.py"
+  with open(path) as f:
+    assert "python -m metajax.train --config experiments/" in f.read()
+
+
+def test_same_seed_same_metrics(tmp_path):
+  a = train_and_evaluate(tiny(algorithm="metasgd"), str(tmp_path / "a"), progress=False)
+  b = train_and_evaluate(tiny(algorithm="metasgd"), str(tmp_path / "b"), progress=False)
+  ma, mb = (_read_jsonl(tmp_path / d / "metrics.jsonl") for d in "ab")
+  assert [(r["step"], r["loss"]) for r in ma] == [(r["step"], r["loss"]) for r in mb]
+  assert a["by_k_shot"] == b["by_k_shot"]
+  c = train_and_evaluate(tiny(algorithm="metasgd", seed=1), str(tmp_path / "c"),
+                         progress=False)
+  assert c["by_k_shot"] != a["by_k_shot"]
+
+
+def test_chunking_does_not_change_the_run(tmp_path):
+  a = train_and_evaluate(tiny(steps_per_call=100), str(tmp_path / "a"), progress=False)
+  b = train_and_evaluate(tiny(steps_per_call=30), str(tmp_path / "b"), progress=False)
+  np.testing.assert_allclose(a["by_k_shot"]["5"]["mse"], b["by_k_shot"]["5"]["mse"],
+                             rtol=1e-5)
+
+
+def test_maml_learns_sinusoids(tmp_path):
+  # Predicting 0 for y = A sin(x - p), A ~ U[0.1, 5] has MSE E[A^2]/2 = 4.25.
+  r = train_and_evaluate(tiny(num_steps=1500, steps_per_call=500, log_every=500,
+                              meta_batch=10, eval_tasks=200),
+                         str(tmp_path), progress=False)
+  mse = r["by_k_shot"]["5"]["mse"]
+  assert mse[0] == pytest.approx(4.25, rel=0.25)
+  assert mse[1] < 0.5 * mse[0] and mse[2] < mse[1]
+  rows = _read_jsonl(tmp_path / "metrics.jsonl")
+  assert [row["step"] for row in rows] == [500, 1000, 1500]
+  assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+  with pytest.raises(FloatingPointError, match=r"at meta-step \d+"):
+    train_and_evaluate(tiny(inner_lr=1e4, num_steps=400), str(tmp_path), progress=False)
+  for row in _read_jsonl(tmp_path / "metrics.jsonl"):
+    assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("key,value", [
+    ("inner_steps", 0), ("inner_lr", -0.1), ("k_shot", 0), ("meta_batch", -2),
+    ("outer_lr", 0.0), ("num_steps", 0), ("algorithm", "mamll")])
+def test_bad_values_name_the_value(key, value):
+  c = tiny()
+  with c.ignore_type():
+    c[key] = value
+  with pytest.raises(config_lib.ConfigError, match=f"{key}.*{value!r}"):
+    config_lib.validate(c)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+  path = tmp_path / "exp.py"
+  path.write_text("from metajax.config import sinusoid_base\n"
+                  "def get_config():\n  c = sinusoid_base()\n  c.inner_stpes = 3\n"
+                  "  return c\n")
+  with pytest.raises(config_lib.ConfigError, match="'inner_stpes'.*'inner_steps'"):
+    load_config(str(path))
+
+
+def _cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "metajax.train", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_cli_unknown_override_is_an_error(tmp_path):
+  p = _cli("--config", "experiments/sine_maml.py", "--workdir", str(tmp_path),
+           "--config.inner_lrr=0.1")
+  assert p.returncode == 2
+  assert "'inner_lrr'" in p.stderr and "'inner_lr'" in p.stderr
+  assert "Traceback" not in p.stderr
+
+
+def test_cli_end_to_end(tmp_path):
+  p = _cli("--config", "experiments/sine_anil.py", "--workdir", str(tmp_path),
+           "--config.num_steps=300", "--config.steps_per_call", "100",
+           "--config.log_every=100", "--config.eval_tasks=20",
+           "--config.eval_shots=5,10", "--config.meta_batch=4")
+  assert p.returncode == 0, p.stderr
+  assert len(_read_jsonl(tmp_path / "metrics.jsonl")) == 3
+  with open(tmp_path / "eval.json") as f:
+    e = json.load(f)
+  assert e["algorithm"] == "anil" and e["num_steps"] == 300
+  assert set(e["by_k_shot"]) == {"5", "10"}
+  assert len(e["by_k_shot"]["10"]["mse"]) == 11  # 0..10 test-time steps
+  assert json.load(open(tmp_path / "config.json"))["meta_batch"] == 4
+  for png in ("adaptation.png", "curves.png"):
+    with open(tmp_path / png, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
