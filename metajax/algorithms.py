@@ -15,8 +15,8 @@ import dataclasses
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 
+from metajax.batching import task_mean
 from metajax.inner import LossFn, PyTree
 from metajax.maml import maml_loss
 from metajax.reptile import reptile_pseudo_grad
@@ -34,6 +34,8 @@ class Algorithm:
   inner_optimizer: str = "sgd"      # Reptile may use "adam"
   unroll: bool = False
   remat: bool = False
+  batching: str = "vmap"            # see metajax.batching
+  task_chunk: int = 1
 
   @classmethod
   def from_config(cls, config) -> "Algorithm":
@@ -48,6 +50,8 @@ class Algorithm:
         inner_optimizer=config.inner_optimizer,
         unroll=config.unroll,
         remat=config.remat,
+        batching=config.batching,
+        task_chunk=config.task_chunk,
     )
 
 
@@ -82,17 +86,18 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
   if algo.name == "reptile":
     pseudo, loss = reptile_pseudo_grad(
         loss_fn, params, tasks, steps=algo.steps, lr=algo.inner_lr,
-        optimizer=algo.inner_optimizer, unroll=algo.unroll)
+        optimizer=algo.inner_optimizer, unroll=algo.unroll,
+        batching=algo.batching, task_chunk=algo.task_chunk)
     return loss, {"params": pseudo, "inner_lr": None}
 
   mask = inner_mask(algo, params)
 
-  def mean_query_loss(meta_params):
-    lr = inner_lr(algo, meta_params)
-    task_loss = lambda task: maml_loss(
-        loss_fn, meta_params["params"], task, steps=algo.steps, lr=lr,
-        first_order=algo.first_order, mask=mask, unroll=algo.unroll,
-        remat=algo.remat)
-    return jnp.mean(jax.vmap(task_loss)(tasks))
+  def task_loss(meta_params, task):
+    return maml_loss(
+        loss_fn, meta_params["params"], task, steps=algo.steps,
+        lr=inner_lr(algo, meta_params), first_order=algo.first_order,
+        mask=mask, unroll=algo.unroll, remat=algo.remat)
 
-  return jax.value_and_grad(mean_query_loss)(meta_params)
+  # Per-task (loss, gradient), averaged: the gradient of the mean query loss.
+  return task_mean(lambda task: jax.value_and_grad(task_loss)(meta_params, task),
+                   tasks, strategy=algo.batching, chunk=algo.task_chunk)

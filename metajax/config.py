@@ -41,6 +41,8 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.metasgd_lr_range = (0.005, 0.1)  # Meta-SGD's U[a, b] initial inner rates
   # Outer loop.
   c.meta_batch = 25
+  c.batching = "vmap"           # task batching: vmap | scan | unroll (metajax.batching)
+  c.task_chunk = 1              # tasks per chunk for scan/unroll; divides meta_batch
   c.outer_optimizer = "adam"    # one of OUTER_OPTIMIZERS
   c.outer_lr = 1e-3
   c.outer_lr_schedule = "constant"  # one of SCHEDULES, decays to 0 at num_steps
@@ -58,13 +60,13 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   return c
 
 
-_POSITIVE_INTS = ("k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
+_POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
                   "steps_per_call", "log_every", "eval_tasks", "eval_query")
 _NONNEG_INTS = ("eval_max_steps",)
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
-            "task": ("sinusoid",)}
+            "task": ("sinusoid",), "batching": ("vmap", "scan", "unroll")}
 
 
 class ConfigError(ValueError):
@@ -113,6 +115,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"inner_optimizer={config.inner_optimizer!r} is only supported "
                       f"for algorithm='reptile' (got algorithm={config.algorithm!r}); "
                       "use 'sgd'")
+  if config.batching != "vmap" and config.meta_batch % config.task_chunk:
+    raise ConfigError(f"task_chunk={config.task_chunk} must divide "
+                      f"meta_batch={config.meta_batch} for batching={config.batching!r}")
   lo, hi = config.metasgd_lr_range
   if not 0 < lo <= hi:
     raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got {(lo, hi)!r}")

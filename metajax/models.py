@@ -23,7 +23,7 @@ class MLP(nn.Module):
 
 
 # ------------------------------------------------------------------ conv-4
-CONV_IMPLS = ("xla", "im2col", "shifted")
+CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid")
 BN_MODES = ("transductive", "per_step", "none")
 
 
@@ -40,22 +40,60 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla"):
   again slices, pads and dots.
   """
   if impl == "xla":
-    return jax.lax.conv_general_dilated(
-        x_NxHxWxC, kernel_3x3xCxO, (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _xla_conv(x_NxHxWxC, kernel_3x3xCxO)
+  if impl == "hybrid":
+    return _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
   n, h, w, c = x_NxHxWxC.shape
   o = kernel_3x3xCxO.shape[-1]
   xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
   views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
   if impl == "im2col":
-    patches = jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c)
-    out = patches @ kernel_3x3xCxO.reshape(9 * c, o)
+    out = _patches(x_NxHxWxC) @ kernel_3x3xCxO.reshape(9 * c, o)
   elif impl == "shifted":
     k_9xCxO = kernel_3x3xCxO.reshape(9, c, o)
     out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t] for t, v in enumerate(views))
   else:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
   return out.reshape(n, h, w, o)
+
+
+def _xla_conv(x_NxHxWxC, kernel_3x3xCxO):
+  return jax.lax.conv_general_dilated(
+      x_NxHxWxC, kernel_3x3xCxO, (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches(x_NxHxWxC):
+  """im2col: (N*H*W, 9*C) rows of 3x3 neighbourhoods, zero-padded."""
+  n, h, w, c = x_NxHxWxC.shape
+  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+  return jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c)
+
+
+@jax.custom_vjp
+def _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO):
+  return _xla_conv(x_NxHxWxC, kernel_3x3xCxO)
+
+
+def _hybrid_fwd(x, kernel):
+  return _xla_conv(x, kernel), (x, kernel)
+
+
+def _hybrid_bwd(res, g_NxHxWxO):
+  """Input gradient: the same conv with the flipped, transposed kernel (XLA's
+  fast forward path, and again `_hybrid_conv`, so every higher derivative
+  stays on it); kernel gradient: one GEMM over im2col patches instead of
+  XLA's slow CPU kernel-gradient convolution."""
+  x, kernel = res
+  c, o = kernel.shape[2], kernel.shape[3]
+  kernel_t = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  dx = _hybrid_conv(g_NxHxWxO, kernel_t)
+  dk = (_patches(x).T @ g_NxHxWxO.reshape(-1, o)).reshape(3, 3, c, o)
+  return dx, dk
+
+
+_hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
 
 
 def max_pool2x2(x_NxHxWxC):

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from metajax.batching import task_mean
 from metajax.inner import LossFn, PyTree, adapt
 
 
@@ -29,6 +30,8 @@ def reptile_pseudo_grad(
     lr: Any,
     optimizer: str = "sgd",
     unroll: bool = False,
+    batching: str = "vmap",
+    task_chunk: int = 1,
 ) -> tuple[PyTree, jax.Array]:
   """Returns (theta - mean_i phi_i, mean query loss after adaptation).
 
@@ -36,6 +39,7 @@ def reptile_pseudo_grad(
     tasks: {"support": (x_BxKxD, y_BxKxO), "query": (x_BxQxD, y_BxQxO)}, a
       meta-batch of B tasks. Adaptation uses the support set; the query loss
       is only reported.
+    batching, task_chunk: how the tasks are batched (`metajax.batching`).
   """
 
   def one_task(task):
@@ -43,7 +47,6 @@ def reptile_pseudo_grad(
                 first_order=True, optimizer=optimizer, unroll=unroll)
     return phi, loss_fn(phi, task["query"])
 
-  phi_B, query_loss_B = jax.vmap(one_task)(tasks)
-  pseudo_grad = jax.tree.map(lambda p, ph: p - jnp.mean(ph, axis=0),
-                             params, phi_B)
-  return pseudo_grad, jnp.mean(query_loss_B)
+  mean_phi, query_loss = task_mean(one_task, tasks, strategy=batching,
+                                   chunk=task_chunk)
+  return jax.tree.map(jnp.subtract, params, mean_phi), query_loss

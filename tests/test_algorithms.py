@@ -133,3 +133,24 @@ def test_jit_and_no_jit_meta_gradient_agree():
   eager = meta_gradient(algo, tanh_mlp_loss, mp, tasks)
   jitted = jax.jit(lambda m, t: meta_gradient(algo, tanh_mlp_loss, m, t))(mp, tasks)
   chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+@pytest.mark.parametrize("strategy,chunk", [("scan", 1), ("scan", 3), ("unroll", 2)])
+def test_batching_strategies_equal_plain_vmap(name, strategy, chunk):
+  with jax.enable_x64(True):
+    params = tanh_mlp_params(jax.random.PRNGKey(14))
+    _, tasks = _task_batch(jax.random.PRNGKey(15), 6)
+    mp = {"params": params, "inner_lr": None}
+    plain = Algorithm(name=name, steps=2, inner_lr=0.1)
+    other = Algorithm(name=name, steps=2, inner_lr=0.1, batching=strategy,
+                      task_chunk=chunk)
+    chex.assert_trees_all_close(meta_gradient(plain, tanh_mlp_loss, mp, tasks),
+                                meta_gradient(other, tanh_mlp_loss, mp, tasks),
+                                rtol=1e-12, atol=1e-15)
+
+
+def test_chunk_must_divide_meta_batch():
+  from metajax.batching import task_mean
+  with pytest.raises(ValueError, match="chunk 4 .* 6 tasks"):
+    task_mean(lambda t: t, jnp.zeros((6, 2)), strategy="scan", chunk=4)

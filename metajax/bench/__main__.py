@@ -1,0 +1,183 @@
+"""Benchmark suite.
+
+  python -m metajax.bench --suite paper [--out runs/bench] [--peers] [--iters 5]
+
+Suites:
+  paper       MAML, FOMAML, Reptile, Meta-SGD, ANIL on sinusoid, Omniglot 5w1s,
+              Omniglot 20w1s, mini-ImageNet 5w1s
+  peers       second- and first-order MAML on the three image configs, metajax
+              beside the PyTorch peers (needs the `bench` extra)
+  steps       time and memory against inner steps 1..20, second vs first order,
+              with and without remat (Omniglot 5w1s, meta-batch 4); writes steps.png
+  strategies  the task-batching strategies and conv forms on Omniglot 5w1s
+
+Every cell runs in its own subprocess (peak memory is per cell). Writes
+OUT/SUITE.jsonl and prints a markdown table; with peers, the ratio
+metajax / peer from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from metajax.bench.presets import ALGORITHMS
+
+IMAGE_PRESETS = ("omni_5w1s", "omni_20w1s", "mini_5w1s")
+
+
+def suite_cells(suite: str, peers: bool):
+  cells = []
+  if suite == "paper":
+    for preset in ("sine",) + IMAGE_PRESETS:
+      for algo in ALGORITHMS:
+        cell = {"impl": "metajax", "preset": preset, "algo": algo}
+        if preset == "sine":
+          cell["steps_per_call"] = 500
+        cells.append(cell)
+  elif suite == "peers":
+    peers = True
+    for preset in IMAGE_PRESETS:
+      for algo in ("maml", "fomaml"):
+        cells.append({"impl": "metajax", "preset": preset, "algo": algo})
+  elif suite == "steps":
+    for steps in (1, 2, 5, 10, 20):
+      for algo in ("maml", "fomaml"):
+        for remat in (False, True):
+          cells.append({"impl": "metajax", "preset": "omni_5w1s_mb4", "algo": algo,
+                        "steps": steps, "remat": remat})
+  elif suite == "strategies":
+    for batching, chunk, conv in (("scan", 1, "im2col"), ("scan", 1, "shifted"),
+                                  ("scan", 1, "xla"), ("scan", 4, "im2col"),
+                                  ("vmap", None, "im2col"), ("unroll", 1, "im2col")):
+      cells.append({"impl": "metajax", "preset": "omni_5w1s", "algo": "maml",
+                    "batching": batching, "chunk": chunk, "conv": conv})
+  else:
+    raise SystemExit(f"unknown suite {suite!r}; choose paper, peers, steps or strategies")
+  if peers:
+    for cell in [c for c in cells if c["preset"] in IMAGE_PRESETS]:
+      for impl in ("torch-loop", "torch-func"):
+        if cell["algo"] in ("maml", "fomaml") or (impl == "torch-loop"
+                                                   and cell["algo"] == "reptile"):
+          cells.append(dict(cell, impl=impl))
+  return cells
+
+
+def run_in_subprocess(cell: dict, timeout: int) -> dict:
+  cmd = [sys.executable, "-m", "metajax.bench", "--cell", json.dumps(cell)]
+  try:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return dict(cell, error=f"timed out after {timeout}s")
+  lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+  if p.returncode or not lines:
+    return dict(cell, error=(p.stderr.strip().splitlines() or ["no output"])[-1])
+  return dict(cell, **json.loads(lines[-1]))
+
+
+def _fmt(v, scale=1.0, digits=2):
+  return "–" if v is None else f"{v * scale:.{digits}f}"
+
+
+def table(rows) -> str:
+  out = ["| config | algo | impl | steps | remat | batching | median s | min–max s | "
+         "compile s | peak RSS MB | XLA temp MB | tasks/s | vs torch-loop | vs torch-func |",
+         "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  def key(r):
+    return (r["preset"], r["algo"], r.get("steps"), bool(r.get("remat")))
+  peer = {(key(r), r["impl"]): r for r in rows if "error" not in r}
+  for r in rows:
+    if "error" in r:
+      out.append(f"| {r['preset']} | {r['algo']} | {r['impl']} | | | | error: "
+                 f"{r['error'][:80]} | | | | | | | |")
+      continue
+    ratios = []
+    for impl in ("torch-loop", "torch-func"):
+      other = peer.get((key(r), impl))
+      ratios.append(f"{r['median_s'] / other['median_s']:.2f}"
+                    if other and r["impl"] == "metajax" else "–")
+    batching = "–" if r["impl"] != "metajax" else (
+        f"{r.get('batching')}/{r.get('chunk') or '-'}/{r.get('conv') or '-'}")
+    out.append(
+        f"| {r['preset']} | {r['algo']} | {r['impl']} | {r.get('steps')} | "
+        f"{'yes' if r.get('remat') else 'no'} | {batching} | {r['median_s']:.4f} | "
+        f"{r['min_s']:.4f}–{r['max_s']:.4f} | {_fmt(r.get('compile_s'), 1, 1)} | "
+        f"{_fmt(r.get('peak_rss_mb'), 1, 0)} | {_fmt(r.get('xla_temp_mb'), 1, 0)} | "
+        f"{_fmt(r.get('tasks_per_s'), 1, 1)} | {ratios[0]} | {ratios[1]} |")
+  return "\n".join(out)
+
+
+def plot_steps(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+  for algo in ("maml", "fomaml"):
+    for remat in (False, True):
+      pts = sorted((r["steps"], r["median_s"], r.get("xla_temp_mb") or 0,
+                    r["peak_rss_mb"]) for r in rows
+                   if "error" not in r and r["algo"] == algo
+                   and bool(r.get("remat")) == remat)
+      if not pts:
+        continue
+      label = f"{'2nd' if algo == 'maml' else '1st'} order{' + remat' if remat else ''}"
+      style = "-" if algo == "maml" else "--"
+      marker = "o" if not remat else "s"
+      ax_t.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, label=label)
+      ax_m.plot([p[0] for p in pts], [p[2] for p in pts], style, marker=marker, label=label)
+  ax_t.set(xlabel="inner steps", ylabel="seconds / meta-step", title="time")
+  ax_m.set(xlabel="inner steps", ylabel="XLA temp buffer MB", title="memory")
+  for ax in (ax_t, ax_m):
+    ax.legend()
+    ax.grid(alpha=0.3)
+  fig.suptitle("Omniglot 5-way 1-shot conv-4, meta-batch 4")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--suite", default="paper")
+  ap.add_argument("--out", default="runs/bench")
+  ap.add_argument("--peers", action="store_true", help="add the PyTorch peers")
+  ap.add_argument("--iters", type=int, default=5, help="timed meta-steps per cell")
+  ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+  ap.add_argument("--cell", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+
+  if args.cell:  # child process: one cell, one JSON line
+    cell = json.loads(args.cell)
+    if cell["impl"] == "metajax":
+      from metajax.bench.jax_cell import run_cell
+    else:
+      from metajax.bench.torch_peers import run_cell
+    print(json.dumps(run_cell(cell)))
+    return 0
+
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, f"{args.suite}.jsonl")
+  rows = []
+  with open(path, "w") as f:
+    for cell in suite_cells(args.suite, args.peers):
+      cell.setdefault("iters", args.iters)
+      row = run_in_subprocess(cell, args.timeout)
+      rows.append(row)
+      f.write(json.dumps(row) + "\n")
+      f.flush()
+      print(f"{row['preset']:>14} {row['algo']:>8} {row['impl']:>10} "
+            + (f"error: {row['error']}" if "error" in row else
+               f"{row['median_s']:.4f} s/step  compile {_fmt(row.get('compile_s'), 1, 1)} s"
+               f"  rss {row['peak_rss_mb']:.0f} MB"), flush=True)
+  print(table(rows))
+  if args.suite == "steps":
+    plot_steps(rows, os.path.join(args.out, "steps.png"))
+  print(f"results in {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

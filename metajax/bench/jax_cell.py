@@ -1,0 +1,108 @@
+"""One metajax benchmark cell: compile one meta-step, time it, report memory."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import jax
+import numpy as np
+
+from metajax.algorithms import Algorithm
+from metajax.batching import resolve
+from metajax.bench.presets import PRESETS
+from metajax.step import init_state, make_meta_step, make_train_chunk
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _device_peak_mb():
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
+
+
+def _image_setup(cell):
+  from metajax.tasks.fewshot import Problem, synthetic_tasks
+  p = dict(PRESETS[cell["preset"]])
+  steps = cell.get("steps") or p["steps"]
+  batching, chunk, conv = resolve(cell.get("batching", "auto"), cell.get("chunk"),
+                                  cell.get("conv", "auto"), p["meta_batch"])
+  problem = Problem(ways=p["ways"], filters=p["filters"],
+                    image_shape=p["image_shape"], conv_impl=conv)
+  sample = lambda key: synthetic_tasks(
+      key, meta_batch=p["meta_batch"], ways=p["ways"], shots=p["shots"],
+      queries=p["queries"], image_shape=p["image_shape"])
+  info = dict(batching=batching, chunk=chunk, conv=conv, steps=steps,
+              meta_batch=p["meta_batch"], bn="transductive")
+  return problem, sample, steps, p["inner_lr"], p["meta_batch"], info
+
+
+def _sine_setup(cell):
+  from metajax.config import sinusoid_base
+  from metajax.tasks.sinusoid import Problem
+  config = sinusoid_base()
+  problem = Problem(config)
+  steps = cell.get("steps") or (5 if cell["algo"] == "reptile" else 1)
+  info = dict(batching="vmap", chunk=None, conv=None, steps=steps,
+              meta_batch=config.meta_batch)
+  return problem, problem.sample_tasks, steps, config.inner_lr, config.meta_batch, info
+
+
+def run_cell(cell: dict) -> dict:
+  """cell: {"preset", "algo", optional "steps", "remat", "batching", "chunk",
+  "conv", "iters", "steps_per_call"}. Returns timings (s) and memory (MiB)."""
+  import optax
+
+  if cell["preset"] == "sine":
+    problem, sample, steps, lr, meta_batch, info = _sine_setup(cell)
+  else:
+    problem, sample, steps, lr, meta_batch, info = _image_setup(cell)
+  name = cell["algo"]
+  algo = Algorithm(name=name, steps=steps, inner_lr=lr,
+                   first_order=name == "fomaml", learn_inner_lr=name == "metasgd",
+                   head_only=name == "anil", remat=bool(cell.get("remat")),
+                   batching=info["batching"], task_chunk=info["chunk"] or 1)
+  optimizer = optax.adam(1e-3)
+  state = init_state(_Cfg(), algo, problem.init_params(jax.random.PRNGKey(0)),
+                     optimizer, jax.random.PRNGKey(1))
+  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer)
+  per_call = int(cell.get("steps_per_call", 1))
+
+  t0 = time.perf_counter()
+  lowered = make_train_chunk(meta_step, per_call).lower(state)
+  trace_s = time.perf_counter() - t0
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0 - trace_s
+  mem = compiled.memory_analysis()
+  xla_temp_mb = None if mem is None else mem.temp_size_in_bytes / 2**20
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0] if cost else None
+  flops = None if not cost else cost.get("flops")
+
+  times, losses = [], []
+  for _ in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
+    t = time.perf_counter()
+    state, metrics = compiled(state)
+    losses.append(float(np.asarray(metrics["loss"])[-1]))
+    times.append((time.perf_counter() - t) / per_call)
+  times = times[1:]
+  median = float(np.median(times))
+  return dict(
+      impl="metajax", **info, median_s=median, min_s=float(np.min(times)),
+      max_s=float(np.max(times)), n=len(times), trace_s=trace_s,
+      compile_s=compile_s, peak_rss_mb=_peak_rss_mb(),
+      device_peak_mb=_device_peak_mb(), xla_temp_mb=xla_temp_mb,
+      xla_gflop=None if flops is None else flops / per_call / 1e9,
+      tasks_per_s=meta_batch / median, loss=losses[-1],
+      backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
+      jax_version=jax.__version__)
+
+
+class _Cfg:
+  """The one config value `init_state` reads (Meta-SGD's initial rates)."""
+  metasgd_lr_range = (0.005, 0.1)
+

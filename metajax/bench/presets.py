@@ -1,0 +1,21 @@
+"""Benchmark configurations: the shapes of the papers' settings.
+
+Conv-4 with batch statistics (transductive BN), 3x3 convs + 2x2 max-pool,
+Adam outer step; synthetic episodes of the real shapes.
+"""
+
+PRESETS = {
+    # name: ways, shots, queries per class, meta_batch, inner steps, inner lr,
+    # filters, image shape
+    "omni_5w1s": dict(ways=5, shots=1, queries=15, meta_batch=32, steps=1,
+                      inner_lr=0.4, filters=64, image_shape=(28, 28, 1)),
+    "omni_20w1s": dict(ways=20, shots=1, queries=15, meta_batch=16, steps=5,
+                       inner_lr=0.1, filters=64, image_shape=(28, 28, 1)),
+    "mini_5w1s": dict(ways=5, shots=1, queries=15, meta_batch=4, steps=5,
+                      inner_lr=0.01, filters=32, image_shape=(84, 84, 3)),
+    # Small enough to sweep inner steps 1..20 at second order on a laptop CPU.
+    "omni_5w1s_mb4": dict(ways=5, shots=1, queries=15, meta_batch=4, steps=1,
+                          inner_lr=0.4, filters=64, image_shape=(28, 28, 1)),
+}
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")

@@ -1,0 +1,152 @@
+"""PyTorch peers for the benchmark (optional: `pip install -e '.[bench]'`).
+
+The same conv-4 (3x3 conv + bias, batch norm with batch statistics, ReLU,
+2x2 max-pool; linear head), the same synthetic episode shapes and the same
+Adam outer step as the metajax cells, written two ways:
+
+  torch-loop  learn2learn/higher style: a Python loop over the tasks of the
+              meta-batch, `autograd.grad(create_graph=True)` inner steps,
+              `.backward()` per task accumulating the meta-gradient.
+  torch-func  torch.func: functional_call-free pure functions, `grad` inner
+              steps, `vmap` over tasks, one `grad` for the meta-gradient.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from metajax.bench.presets import PRESETS
+
+
+def init_params(ways, filters, image_shape, generator):
+  h, w, c = image_shape
+  params = []
+  for _ in range(4):
+    fan_in = 9 * c
+    params += [torch.randn(filters, c, 3, 3, generator=generator) / fan_in ** 0.5,
+               torch.zeros(filters), torch.ones(filters), torch.zeros(filters)]
+    c, h, w = filters, h // 2, w // 2
+  feat = c * h * w
+  params += [torch.randn(ways, feat, generator=generator) / feat ** 0.5,
+             torch.zeros(ways)]
+  return [p.requires_grad_() for p in params]
+
+
+def forward(params, x_NxCxHxW):
+  h = x_NxCxHxW
+  for i in range(4):
+    w, b, scale, shift = params[4 * i:4 * i + 4]
+    h = F.conv2d(h, w, b, padding=1)
+    h = F.batch_norm(h, None, None, scale, shift, training=True)
+    h = F.max_pool2d(F.relu(h), 2)
+  return F.linear(h.flatten(1), params[-2], params[-1])
+
+
+def _loss(params, x, y):
+  return F.cross_entropy(forward(params, x), y)
+
+
+def _adapt_loop(params, xs, ys, steps, lr, create_graph):
+  for _ in range(steps):
+    grads = torch.autograd.grad(_loss(params, xs, ys), params,
+                                create_graph=create_graph)
+    params = [p - lr * g for p, g in zip(params, grads)]
+  return params
+
+
+def _episodes(p, generator):
+  def part(per_class):
+    x = torch.rand(p["meta_batch"], p["ways"] * per_class, p["image_shape"][2],
+                   *p["image_shape"][:2], generator=generator)
+    y = torch.arange(p["ways"]).repeat_interleave(per_class)
+    return x, y.expand(p["meta_batch"], -1).contiguous()
+  return part(p["shots"]), part(p["queries"])
+
+
+def make_step_loop(algo, p, params, opt):
+  steps, lr = p["steps"], p["inner_lr"]
+
+  def step(generator):
+    (xs, ys), (xq, yq) = _episodes(p, generator)
+    opt.zero_grad()
+    total = 0.0
+    for t in range(p["meta_batch"]):
+      if algo == "reptile":
+        phi = _adapt_loop([q.detach().requires_grad_() for q in params],
+                          xs[t], ys[t], steps, lr, create_graph=False)
+        for q, f in zip(params, phi):
+          q.grad = (q.grad if q.grad is not None else 0) + (q.detach() - f.detach()) / p["meta_batch"]
+        continue
+      phi = _adapt_loop(params, xs[t], ys[t], steps, lr,
+                        create_graph=algo == "maml")
+      if algo == "fomaml":  # gradient at phi, applied to theta
+        phi = [f.detach().requires_grad_() for f in phi]
+        grads = torch.autograd.grad(_loss(phi, xq[t], yq[t]), phi)
+        for q, g in zip(params, grads):
+          q.grad = (q.grad if q.grad is not None else 0) + g / p["meta_batch"]
+      else:
+        loss = _loss(phi, xq[t], yq[t]) / p["meta_batch"]
+        loss.backward()
+        total += float(loss)
+    opt.step()
+    return total
+  return step
+
+
+def make_step_func(algo, p, params, opt):
+  from torch.func import grad, vmap
+  steps, lr = p["steps"], p["inner_lr"]
+  if algo != "maml" and algo != "fomaml":
+    raise ValueError(f"torch-func peer implements maml and fomaml, not {algo!r}")
+
+  def task_loss(theta, xs, ys, xq, yq):
+    phi = theta
+    for _ in range(steps):
+      g = grad(_loss)(phi, xs, ys)
+      if algo == "fomaml":
+        g = [gi.detach() for gi in g]
+      phi = [a - lr * b for a, b in zip(phi, g)]
+    return _loss(phi, xq, yq)
+
+  def meta_loss(theta, xs, ys, xq, yq):
+    return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(theta, xs, ys, xq, yq).mean()
+
+  def step(generator):
+    (xs, ys), (xq, yq) = _episodes(p, generator)
+    theta = [q.detach() for q in params]
+    grads = grad(meta_loss)(theta, xs, ys, xq, yq)
+    for q, g in zip(params, grads):
+      q.grad = g
+    opt.step()
+    return 0.0
+  return step
+
+
+def run_cell(cell: dict) -> dict:
+  torch.manual_seed(0)
+  p = dict(PRESETS[cell["preset"]])
+  if cell.get("steps"):
+    p["steps"] = cell["steps"]
+  generator = torch.Generator().manual_seed(0)
+  params = init_params(p["ways"], p["filters"], p["image_shape"], generator)
+  opt = torch.optim.Adam(params, lr=1e-3)
+  make = make_step_loop if cell["impl"] == "torch-loop" else make_step_func
+  step = make(cell["algo"], p, params, opt)
+  times = []
+  for _ in range(int(cell.get("iters", 5)) + 1):
+    t = time.perf_counter()
+    step(generator)
+    times.append(time.perf_counter() - t)
+  times = times[1:]
+  median = float(np.median(times))
+  return dict(impl=cell["impl"], steps=p["steps"], meta_batch=p["meta_batch"],
+              median_s=median, min_s=float(np.min(times)), max_s=float(np.max(times)),
+              n=len(times), compile_s=None,
+              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              tasks_per_s=p["meta_batch"] / median, backend="cpu",
+              torch_version=torch.__version__, torch_threads=torch.get_num_threads())

@@ -1,0 +1,55 @@
+"""N-way K-shot image classification with the conv-4 model.
+
+`Problem` holds the model and loss; `synthetic_tasks` draws episodes of the
+real shapes from noise (for benchmarks: speed and memory do not depend on the
+pixels).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.models import Conv4
+
+
+def episode_labels(ways: int, shots: int):
+  """[0]*shots + [1]*shots + ... : labels_(N*K,)."""
+  return jnp.repeat(jnp.arange(ways), shots)
+
+
+def synthetic_tasks(key, *, meta_batch, ways, shots, queries, image_shape):
+  """Noise episodes: support (x_BxNKxHxWxC, y_BxNK), query (x_BxNQxHxWxC, y_BxNQ)."""
+  k_s, k_q = jax.random.split(key)
+  def part(k, per_class):
+    x = jax.random.uniform(k, (meta_batch, ways * per_class) + tuple(image_shape))
+    y = jnp.broadcast_to(episode_labels(ways, per_class), (meta_batch, ways * per_class))
+    return x, y
+  return {"support": part(k_s, shots), "query": part(k_q, queries)}
+
+
+class Problem:
+  """Conv-4 classification of one episode's batch (x_NxHxWxC, labels_N)."""
+
+  def __init__(self, *, ways, filters, image_shape, bn="transductive",
+               conv_impl="xla", bn_steps=1):
+    self.image_shape = tuple(image_shape)
+    self.model = Conv4(ways=ways, filters=filters, bn=bn, conv_impl=conv_impl,
+                       bn_steps=bn_steps)
+
+  def init_params(self, key):
+    return self.model.init(key, jnp.zeros((2,) + self.image_shape))["params"]
+
+  def logits(self, params, x_NxHxWxC):
+    return self.model.apply({"params": params}, x_NxHxWxC)
+
+  def loss_fn(self, params, batch):
+    """Mean softmax cross-entropy of one task's batch."""
+    x, labels = batch
+    return optax.softmax_cross_entropy_with_integer_labels(
+        self.logits(params, x), labels).mean()
+
+  def accuracy(self, params, batch):
+    x, labels = batch
+    return jnp.mean(jnp.argmax(self.logits(params, x), -1) == labels)
