@@ -57,21 +57,22 @@ def test_chunking_does_not_change_the_run(tmp_path):
 
 
 def test_maml_learns_sinusoids(tmp_path):
-  # Predicting 0 for y = A sin(x - p), A ~ U[0.1, 5] has MSE E[A^2]/2 = 4.25.
-  r = train_and_evaluate(tiny(num_steps=1500, steps_per_call=500, log_every=500,
-                              meta_batch=10, eval_tasks=200),
+  # Predicting 0 for y = A sin(x - p), A ~ U[0.1, 5] has MSE E[A^2]/2 = 4.25: the
+  # meta-learned model must do better before adapting, and much better after.
+  r = train_and_evaluate(tiny(num_steps=4000, steps_per_call=1000, log_every=1000,
+                              meta_batch=25, eval_tasks=200),
                          str(tmp_path), progress=False)
   mse = r["by_k_shot"]["5"]["mse"]
-  assert mse[0] == pytest.approx(4.25, rel=0.25)
+  assert mse[0] < 4.25
   assert mse[1] < 0.5 * mse[0] and mse[2] < mse[1]
   rows = _read_jsonl(tmp_path / "metrics.jsonl")
-  assert [row["step"] for row in rows] == [500, 1000, 1500]
-  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert [row["step"] for row in rows] == [1000, 2000, 3000, 4000]
+  assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
 
 
 def test_nan_loss_stops_with_the_step(tmp_path):
   with pytest.raises(FloatingPointError, match=r"at meta-step \d+"):
-    train_and_evaluate(tiny(inner_lr=1e4, num_steps=400), str(tmp_path), progress=False)
+    train_and_evaluate(tiny(inner_lr=1e30, num_steps=400), str(tmp_path), progress=False)
   for row in _read_jsonl(tmp_path / "metrics.jsonl"):
     assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
 

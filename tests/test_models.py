@@ -1,0 +1,99 @@
+"""Conv-4 pieces against independent references, and the batching strategies on it."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from metajax.algorithms import Algorithm, meta_gradient
+from metajax.models import CONV_IMPLS, Conv4, batch_norm, conv3x3, max_pool2x2
+from metajax.tasks.fewshot import Problem, synthetic_tasks
+
+
+def _np_conv_same(x, k):
+  """Direct loops: out[n,h,w,o] = sum_{i,j,c} xpad[n,h+i,w+j,c] k[i,j,c,o]."""
+  n, h, w, _ = x.shape
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((n, h, w, k.shape[-1]))
+  for i in range(3):
+    for j in range(3):
+      out += np.einsum("nhwc,co->nhwo", xp[:, i:i + h, j:j + w, :], k[i, j])
+  return out
+
+
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+def test_conv_matches_direct_loops(impl):
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3), jnp.float64)
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
+    np.testing.assert_allclose(conv3x3(x, k, impl), _np_conv_same(np.asarray(x), np.asarray(k)),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_and_batch_norm_match_references():
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (2, 7, 6, 3)))
+  expected = x[:, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))
+  np.testing.assert_allclose(max_pool2x2(jnp.asarray(x)), expected, rtol=1e-6)
+  scale, bias = np.array([1.0, 2.0, 0.5]), np.array([0.0, -1.0, 3.0])
+  mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(batch_norm(jnp.asarray(x), scale, bias),
+                             (x - mean) / np.sqrt(var + 1e-5) * scale + bias,
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+def test_second_order_meta_gradient_same_for_every_conv_form(impl):
+  with jax.enable_x64(True):
+    shape = (16, 16, 2)
+    probs = {i: Problem(ways=3, filters=4, image_shape=shape, conv_impl=i)
+             for i in ("xla", impl)}
+    params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          probs["xla"].init_params(jax.random.PRNGKey(3)))
+    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=2,
+                            queries=3, image_shape=shape)
+    tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
+    algo = Algorithm(name="maml", steps=2, inner_lr=0.3)
+    mp = {"params": params, "inner_lr": None}
+    ref = jax.jit(lambda m, t: meta_gradient(algo, probs["xla"].loss_fn, m, t))(mp, tasks)
+    got = jax.jit(lambda m, t: meta_gradient(algo, probs[impl].loss_fn, m, t))(mp, tasks)
+    chex.assert_trees_all_close(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_conv4_shapes_and_per_step_bn():
+  for shape, filters in (((28, 28, 1), 64), ((84, 84, 3), 32)):
+    model = Conv4(ways=5, filters=filters)  # shapes only: eval_shape computes nothing
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2,) + shape))["params"]
+    out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params,
+                         jnp.zeros((3,) + shape))
+    assert out.shape == (3, 5)
+    assert params["block_0"]["kernel"].shape == (3, 3, shape[-1], filters)
+    assert params["head"]["kernel"].shape[0] == filters * (shape[0] // 16) ** 2
+  model = Conv4(ways=5, filters=8, bn="per_step", bn_steps=3)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))["params"]
+  assert params["block_0"]["bn_scale"].shape == (3, 8)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  params["block_0"]["bn_bias"] = params["block_0"]["bn_bias"].at[1].set(1.0)
+  out = [model.apply({"params": params}, x, step) for step in (0, 1, 2)]
+  assert not np.allclose(out[0], out[1]) and np.allclose(out[0], out[2])
+  none = Conv4(ways=5, filters=8, bn="none")
+  assert "bn_scale" not in none.init(jax.random.PRNGKey(0), x)["params"]["block_0"]
+
+
+@pytest.mark.parametrize("strategy,chunk,impl", [("scan", 1, "hybrid"), ("vmap", None, "im2col"),
+                                                 ("unroll", 2, "xla")])
+def test_conv_meta_gradient_independent_of_batching(strategy, chunk, impl):
+  shape = (16, 16, 1)
+  prob = Problem(ways=2, filters=4, image_shape=shape, conv_impl=impl)
+  plain = Problem(ways=2, filters=4, image_shape=shape, conv_impl="xla")
+  params = plain.init_params(jax.random.PRNGKey(5))
+  tasks = synthetic_tasks(jax.random.PRNGKey(6), meta_batch=4, ways=2, shots=1, queries=2,
+                          image_shape=shape)
+  mp = {"params": params, "inner_lr": None}
+  ref = jax.jit(lambda m, t: meta_gradient(
+      Algorithm(name="maml", steps=1, inner_lr=0.4), plain.loss_fn, m, t))(mp, tasks)
+  got = jax.jit(lambda m, t: meta_gradient(
+      Algorithm(name="maml", steps=1, inner_lr=0.4, batching=strategy, task_chunk=chunk or 1),
+      prob.loss_fn, m, t))(mp, tasks)
+  chex.assert_trees_all_close(got, ref, rtol=2e-4, atol=1e-5)
