@@ -34,10 +34,11 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla"):
            becomes a grouped convolution, which XLA's CPU backend runs slowly.
   im2col:  the 9 shifted views concatenated on channels, then one matmul
            (N*H*W x 9C) @ (9C x O); under vmap a batched matmul.
+  hybrid:  XLA's conv forward and input gradient, im2col kernel gradient.
   shifted: sum over the 9 offsets of (N*H*W x C) @ (C x O); no 9x patch
            buffer, smaller matmuls.
-  All are built from slices, pads and dots, so every order of derivative is
-  again slices, pads and dots.
+  All give the same numbers (tested to second order in float64); which is
+  fastest depends on the backend (`python -m metajax.bench --suite strategies`).
   """
   if impl == "xla":
     return _xla_conv(x_NxHxWxC, kernel_3x3xCxO)
@@ -45,13 +46,12 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla"):
     return _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
   n, h, w, c = x_NxHxWxC.shape
   o = kernel_3x3xCxO.shape[-1]
-  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
   if impl == "im2col":
     out = _patches(x_NxHxWxC) @ kernel_3x3xCxO.reshape(9 * c, o)
   elif impl == "shifted":
     k_9xCxO = kernel_3x3xCxO.reshape(9, c, o)
-    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t] for t, v in enumerate(views))
+    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t]
+              for t, v in enumerate(_views(x_NxHxWxC)))
   else:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
   return out.reshape(n, h, w, o)
@@ -63,12 +63,17 @@ def _xla_conv(x_NxHxWxC, kernel_3x3xCxO):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _views(x_NxHxWxC):
+  """The 9 shifted (zero-padded) views x[:, h+i-1, w+j-1, :], i, j in 0..2."""
+  n, h, w, c = x_NxHxWxC.shape
+  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+
+
 def _patches(x_NxHxWxC):
   """im2col: (N*H*W, 9*C) rows of 3x3 neighbourhoods, zero-padded."""
   n, h, w, c = x_NxHxWxC.shape
-  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
-  return jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c)
+  return jnp.concatenate(_views(x_NxHxWxC), axis=-1).reshape(n * h * w, 9 * c)
 
 
 @jax.custom_vjp
@@ -96,25 +101,85 @@ def _hybrid_bwd(res, g_NxHxWxO):
 _hybrid_conv.defvjp(_hybrid_fwd, _hybrid_bwd)
 
 
+@jax.custom_vjp
 def max_pool2x2(x_NxHxWxC):
   """2x2 max-pool, stride 2, 'VALID' (odd sizes lose their last row/column).
 
-  The elementwise max of the four strided views: its derivatives are masks
-  and strided pads, several times faster on XLA's CPU backend than
-  reduce_window's select-and-scatter (measured: 3 ms vs 78 ms for the
-  backward of a 75x28x28x64 block), which also matters at second order.
+  The gradient goes to the first maximum of each window (row-major), like
+  PyTorch's and XLA's select-and-scatter. The backward pass is written by hand
+  as one broadcast-compare-multiply over the contiguous (N, H/2, 2, W/2, 2, C)
+  view: XLA's own derivative of a max-pool (select-and-scatter, or the
+  transposes of strided slices) makes several full-size passes and dominated
+  the CPU profile of a conv-4 meta-step. The backward is linear in the
+  incoming gradient, so second-order MAML differentiates through it.
   """
+  return _pool_fwd(x_NxHxWxC)[0]
+
+
+def _even(x_NxHxWxC):
   n, h, w, c = x_NxHxWxC.shape
-  x = x_NxHxWxC[:, :h // 2 * 2, :w // 2 * 2, :]
-  return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
-                     jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
+  return x_NxHxWxC[:, :h // 2 * 2, :w // 2 * 2, :]
 
 
-def batch_norm(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
-  """Normalises with the statistics of this batch (transductive, as in MAML)."""
-  mean = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
-  var = jnp.mean(jnp.square(x_NxHxWxC - mean), axis=(0, 1, 2))
-  return (x_NxHxWxC - mean) * jax.lax.rsqrt(var + eps) * scale_C + bias_C
+def _pool_fwd(x_NxHxWxC):
+  x = _even(x_NxHxWxC)
+  views = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+  y = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
+  # Index 0..3 (= 2*row + col) of the first maximum in each window.
+  first = jnp.where(views[0] == y, 0, jnp.where(views[1] == y, 1,
+                                                jnp.where(views[2] == y, 2, 3)))
+  return y, (first.astype(jnp.int8), x_NxHxWxC.shape)
+
+
+def _pool_bwd(res, g_NxhxwxC):
+  first, shape = res
+  return (_unpool(g_NxhxwxC, first, shape),)
+
+
+def _unpool(g_NxhxwxC, first, shape):
+  """Routes each window's gradient to its first maximum; zero elsewhere."""
+  n, h2, w2, c = g_NxhxwxC.shape
+  pos = (2 * jnp.arange(2)[:, None] + jnp.arange(2)[None, :]).astype(jnp.int8)
+  hit = first[:, :, None, :, None, :] == pos[None, None, :, None, :, None]
+  dx = jnp.where(hit, g_NxhxwxC[:, :, None, :, None, :], 0).reshape(n, 2 * h2, 2 * w2, c)
+  return jnp.pad(dx, ((0, 0), (0, shape[1] - 2 * h2), (0, shape[2] - 2 * w2), (0, 0)))
+
+
+max_pool2x2.defvjp(_pool_fwd, _pool_bwd)
+
+
+@jax.custom_vjp
+def batch_norm(x_NxHxWxC, scale_C, bias_C):
+  """Normalises with the statistics of this batch (transductive, as in MAML).
+
+  The backward pass is the textbook closed form (two channel sums and one
+  elementwise pass), written by hand: XLA's CPU code for the autodiff version
+  was 3x slower (measured on a 75x28x28x64 block). It is itself JAX code, so
+  second-order MAML differentiates through it.
+  """
+  return _bn_fwd(x_NxHxWxC, scale_C, bias_C)[0]
+
+
+def _bn_fwd(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
+  x_MxC = x_NxHxWxC.reshape(-1, x_NxHxWxC.shape[-1])
+  centred = x_MxC - jnp.mean(x_MxC, axis=0)
+  rstd_C = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=0) + eps)
+  xhat_MxC = centred * rstd_C
+  y = (xhat_MxC * scale_C + bias_C).reshape(x_NxHxWxC.shape)
+  return y, (xhat_MxC, rstd_C, scale_C)
+
+
+def _bn_bwd(res, g_NxHxWxC):
+  xhat_MxC, rstd_C, scale_C = res
+  g_MxC = g_NxHxWxC.reshape(xhat_MxC.shape)
+  m = g_MxC.shape[0]
+  dbias_C = jnp.sum(g_MxC, axis=0)
+  dscale_C = jnp.sum(g_MxC * xhat_MxC, axis=0)
+  dx_MxC = (scale_C * rstd_C / m) * (m * g_MxC - dbias_C - xhat_MxC * dscale_C)
+  return dx_MxC.reshape(g_NxHxWxC.shape), dscale_C, dbias_C
+
+
+batch_norm.defvjp(_bn_fwd, _bn_bwd)
 
 
 class ConvBlock(nn.Module):

@@ -97,3 +97,30 @@ def test_conv_meta_gradient_independent_of_batching(strategy, chunk, impl):
       Algorithm(name="maml", steps=1, inner_lr=0.4, batching=strategy, task_chunk=chunk or 1),
       prob.loss_fn, m, t))(mp, tasks)
   chex.assert_trees_all_close(got, ref, rtol=2e-4, atol=1e-5)
+
+
+def test_hand_written_backward_passes_match_autodiff_to_second_order():
+  """batch_norm and max_pool2x2 carry custom VJPs; check them (and their own
+  derivatives) against plain-jnp versions differentiated by JAX, in float64."""
+  def bn_ref(x, scale, bias):
+    mean = x.mean(axis=(0, 1, 2))
+    var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+  def pool_ref(x):
+    n, h, w, c = x.shape
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(7), (3, 5, 4, 2), jnp.float64)
+    scale = jnp.array([0.7, 1.3], jnp.float64)
+    bias = jnp.array([0.1, -0.2], jnp.float64)
+    for ours, ref in ((lambda x, s: max_pool2x2(batch_norm(x, s, bias)),
+                       lambda x, s: pool_ref(bn_ref(x, s, bias))),):
+      f = lambda fn: lambda x, s: jnp.sum(jnp.sin(fn(x, s)) * jnp.arange(1, 9).reshape(1, 2, 2, 2))
+      g_ours = jax.grad(f(ours), argnums=(0, 1))(x, scale)
+      g_ref = jax.grad(f(ref), argnums=(0, 1))(x, scale)
+      chex.assert_trees_all_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+      # Second order: the gradient's own derivative w.r.t. the BN scale.
+      h = lambda fn: jax.grad(lambda s: jnp.sum(jax.grad(f(fn))(x, s) ** 2))(scale)
+      np.testing.assert_allclose(h(ours), h(ref), rtol=1e-9)

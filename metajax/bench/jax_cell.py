@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 
 import jax
@@ -10,12 +9,9 @@ import numpy as np
 
 from metajax.algorithms import Algorithm
 from metajax.batching import resolve
+from metajax.bench import memory
 from metajax.bench.presets import PRESETS
 from metajax.step import init_state, make_meta_step, make_train_chunk
-
-
-def _peak_rss_mb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _device_peak_mb():
@@ -84,7 +80,9 @@ def run_cell(cell: dict) -> dict:
   flops = None if not cost else cost.get("flops")
 
   times, losses = [], []
-  for _ in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
+  for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
+    if i == 1:
+      memory.reset_peak()  # from here: the memory of running, not compiling
     t = time.perf_counter()
     state, metrics = compiled(state)
     losses.append(float(np.asarray(metrics["loss"])[-1]))
@@ -94,7 +92,8 @@ def run_cell(cell: dict) -> dict:
   return dict(
       impl="metajax", **info, median_s=median, min_s=float(np.min(times)),
       max_s=float(np.max(times)), n=len(times), trace_s=trace_s,
-      compile_s=compile_s, peak_rss_mb=_peak_rss_mb(),
+      compile_s=compile_s, peak_rss_mb=memory.peak_rss_mb(),
+      run_rss_mb=memory.hwm_mb(),
       device_peak_mb=_device_peak_mb(), xla_temp_mb=xla_temp_mb,
       xla_gflop=None if flops is None else flops / per_call / 1e9,
       tasks_per_s=meta_batch / median, loss=losses[-1],

@@ -13,13 +13,13 @@ Adam outer step as the metajax cells, written two ways:
 
 from __future__ import annotations
 
-import resource
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metajax.bench import memory
 from metajax.bench.presets import PRESETS
 
 
@@ -138,7 +138,9 @@ def run_cell(cell: dict) -> dict:
   make = make_step_loop if cell["impl"] == "torch-loop" else make_step_func
   step = make(cell["algo"], p, params, opt)
   times = []
-  for _ in range(int(cell.get("iters", 5)) + 1):
+  for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
+    if i == 1:
+      memory.reset_peak()
     t = time.perf_counter()
     step(generator)
     times.append(time.perf_counter() - t)
@@ -147,6 +149,6 @@ def run_cell(cell: dict) -> dict:
   return dict(impl=cell["impl"], steps=p["steps"], meta_batch=p["meta_batch"],
               median_s=median, min_s=float(np.min(times)), max_s=float(np.max(times)),
               n=len(times), compile_s=None,
-              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              peak_rss_mb=memory.peak_rss_mb(), run_rss_mb=memory.hwm_mb(),
               tasks_per_s=p["meta_batch"] / median, backend="cpu",
               torch_version=torch.__version__, torch_threads=torch.get_num_threads())

@@ -1,0 +1,48 @@
+"""The benchmark harness (tiny cells; speed itself is never asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from metajax.batching import resolve
+from metajax.bench.__main__ import suite_cells, table
+
+
+def test_suites_cover_the_issue_grid():
+  paper = suite_cells("paper", peers=False)
+  assert {(c["preset"], c["algo"]) for c in paper} == {
+      (p, a) for p in ("sine", "omni_5w1s", "omni_20w1s", "mini_5w1s")
+      for a in ("maml", "fomaml", "reptile", "metasgd", "anil")}
+  steps = suite_cells("steps", peers=False)
+  assert {c["steps"] for c in steps} == {1, 2, 5, 10, 20}
+  assert {(c["algo"], c["remat"]) for c in steps} == {
+      ("maml", False), ("maml", True), ("fomaml", False), ("fomaml", True)}
+  peers = suite_cells("peers", peers=True)
+  assert {c["impl"] for c in peers} == {"metajax", "torch-loop", "torch-func"}
+
+
+def test_table_ratio_is_metajax_over_peer():
+  row = dict(preset="omni_5w1s", algo="maml", steps=1, median_s=1.0, min_s=1.0, max_s=1.0,
+             peak_rss_mb=1.0, tasks_per_s=1.0)
+  rows = [dict(row, impl="metajax"), dict(row, impl="torch-loop", median_s=4.0)]
+  assert "| 0.25 |" in table(rows)
+
+
+def test_auto_resolution_and_bad_chunk():
+  assert resolve("auto", None, "auto", 32, backend="cpu") == ("scan", 1, "im2col")
+  assert resolve("auto", None, "auto", 32, backend="gpu") == ("vmap", None, "xla")
+  with pytest.raises(ValueError, match="chunk 5 .* 32"):
+    resolve("scan", 5, "xla", 32)
+
+
+def test_one_cell_in_a_subprocess():
+  cell = {"impl": "metajax", "preset": "sine", "algo": "maml", "steps_per_call": 20,
+          "iters": 2}
+  p = subprocess.run([sys.executable, "-m", "metajax.bench", "--cell", json.dumps(cell)],
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+  r = json.loads(p.stdout.strip().splitlines()[-1])
+  assert r["median_s"] > 0 and r["n"] == 2 and r["compile_s"] > 0
+  assert r["peak_rss_mb"] > 50 and r["run_rss_mb"] > 50
