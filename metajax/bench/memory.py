@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 
 
@@ -11,7 +12,15 @@ def peak_rss_mb() -> float:
 
 
 def reset_peak() -> bool:
-  """Resets the kernel's high-water mark (VmHWM) so `hwm_mb` measures from now."""
+  """Resets the kernel's high-water mark (VmHWM) so `hwm_mb` measures from now.
+
+  Freed heap (e.g. the compiler's) is first returned to the OS with glibc's
+  malloc_trim, so the mark starts at what the process really holds.
+  """
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
   try:
     with open("/proc/self/clear_refs", "w") as f:
       f.write("5")
