@@ -1,6 +1,7 @@
 """Benchmark suite.
 
   python -m metajax.bench --suite paper [--out runs/bench] [--peers] [--iters 5]
+  python -m metajax.bench --table runs/bench/paper.jsonl
 
 Suites:
   paper       MAML, FOMAML, Reptile, Meta-SGD, ANIL on sinusoid, Omniglot 5w1s,
@@ -152,8 +153,14 @@ def main(argv=None):
   ap.add_argument("--peers", action="store_true", help="add the PyTorch peers")
   ap.add_argument("--iters", type=int, default=5, help="timed meta-steps per cell")
   ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+  ap.add_argument("--table", metavar="JSONL", help="print the table of an earlier run")
   ap.add_argument("--cell", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+
+  if args.table:
+    with open(args.table) as f:
+      print(table([json.loads(line) for line in f if line.strip()]))
+    return 0
 
   if args.cell:  # child process: one cell, one JSON line
     cell = json.loads(args.cell)
