@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from metajax.algorithms import Algorithm, meta_gradient
 from metajax.models import CONV_IMPLS, Conv4, batch_norm, conv3x3, max_pool2x2
@@ -108,7 +107,6 @@ def test_hand_written_backward_passes_match_autodiff_to_second_order():
     return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
 
   def pool_ref(x):
-    n, h, w, c = x.shape
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
   with jax.enable_x64(True):
