@@ -38,15 +38,19 @@ class Algorithm:
   task_chunk: int = 1
 
   @classmethod
+  def named(cls, name: str, *, first_order: bool = False, **fields) -> "Algorithm":
+    """The algorithm called `name` (config.ALGORITHMS): sets the flags it implies."""
+    return cls(name=name, first_order=first_order or name == "fomaml",
+               learn_inner_lr=name == "metasgd", head_only=name == "anil",
+               **fields)
+
+  @classmethod
   def from_config(cls, config) -> "Algorithm":
-    name = config.algorithm
-    return cls(
-        name=name,
+    return cls.named(
+        config.algorithm,
         steps=config.inner_steps,
         inner_lr=float(config.inner_lr),
-        first_order=bool(config.first_order) or name == "fomaml",
-        learn_inner_lr=name == "metasgd",
-        head_only=name == "anil",
+        first_order=bool(config.first_order),
         inner_optimizer=config.inner_optimizer,
         unroll=config.unroll,
         remat=config.remat,

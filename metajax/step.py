@@ -42,13 +42,14 @@ def make_outer_optimizer(config) -> optax.GradientTransformation:
   return optax.sgd(lr)
 
 
-def init_state(config, algo: Algorithm, params: PyTree,
-               optimizer: optax.GradientTransformation, key) -> TrainState:
+def init_state(algo: Algorithm, params: PyTree,
+               optimizer: optax.GradientTransformation, key, *,
+               metasgd_lr_range=(0.005, 0.1)) -> TrainState:
   """Initial state; Meta-SGD's rates start U[metasgd_lr_range] per entry."""
   key, lr_key = jax.random.split(key)
   inner_lr = None
   if algo.learn_inner_lr:
-    lo, hi = config.metasgd_lr_range
+    lo, hi = metasgd_lr_range
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(lr_key, len(leaves))
     inner_lr = jax.tree.unflatten(treedef, [

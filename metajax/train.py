@@ -128,8 +128,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   problem = Problem(config)
   optimizer = make_outer_optimizer(config)
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = init_state(config, algo, problem.init_params(init_key), optimizer,
-                     state_key)
+  state = init_state(algo, problem.init_params(init_key), optimizer, state_key,
+                     metasgd_lr_range=tuple(config.metasgd_lr_range))
   meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks,
                              optimizer)
 

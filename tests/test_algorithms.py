@@ -111,9 +111,7 @@ def test_vmapped_meta_batch_equals_python_loop(name):
   with jax.enable_x64(True):
     params = tanh_mlp_params(jax.random.PRNGKey(10))
     task_list, tasks = _task_batch(jax.random.PRNGKey(11), 5)
-    algo = Algorithm(name=name, steps=2, inner_lr=0.1,
-                     first_order=name == "fomaml", learn_inner_lr=name == "metasgd",
-                     head_only=name == "anil")
+    algo = Algorithm.named(name, steps=2, inner_lr=0.1)
     lr = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params) \
         if name == "metasgd" else None
     meta_params = {"params": params, "inner_lr": lr}

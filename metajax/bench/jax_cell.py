@@ -56,13 +56,10 @@ def run_cell(cell: dict) -> dict:
     problem, sample, steps, lr, meta_batch, info = _sine_setup(cell)
   else:
     problem, sample, steps, lr, meta_batch, info = _image_setup(cell)
-  name = cell["algo"]
-  algo = Algorithm(name=name, steps=steps, inner_lr=lr,
-                   first_order=name == "fomaml", learn_inner_lr=name == "metasgd",
-                   head_only=name == "anil", remat=bool(cell.get("remat")),
-                   batching=info["batching"], task_chunk=info["chunk"] or 1)
+  algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=bool(cell.get("remat")),
+                         batching=info["batching"], task_chunk=info["chunk"] or 1)
   optimizer = optax.adam(1e-3)
-  state = init_state(_Cfg(), algo, problem.init_params(jax.random.PRNGKey(0)),
+  state = init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
                      optimizer, jax.random.PRNGKey(1))
   meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer)
   per_call = int(cell.get("steps_per_call", 1))
@@ -99,9 +96,4 @@ def run_cell(cell: dict) -> dict:
       tasks_per_s=meta_batch / median, loss=losses[-1],
       backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
       jax_version=jax.__version__)
-
-
-class _Cfg:
-  """The one config value `init_state` reads (Meta-SGD's initial rates)."""
-  metasgd_lr_range = (0.005, 0.1)
 
