@@ -1,8 +1,9 @@
 """Configuration: the valid keys, their defaults, and validation.
 
-Experiment files (`experiments/*.py`) start from `sinusoid_base()` and change
-what they need. Every key a run may use is defined here, so a misspelt key is
-an error that names the closest valid ones, never a silently ignored setting.
+Experiment files (`experiments/*.py`) start from `sinusoid_base()` or
+`fewshot_base(dataset)` and change what they need. Every key a run may use is
+defined here, so a misspelt key is an error that names the closest valid ones,
+never a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import ml_collections
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")
 OUTER_OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
+TASKS = ("sinusoid", "omniglot", "mini_imagenet")
+BN_MODES = ("transductive", "per_step", "none")
+CONV_IMPLS = ("auto", "xla", "im2col", "shifted", "hybrid")
 
 
 def sinusoid_base() -> ml_collections.ConfigDict:
@@ -60,13 +64,83 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   return c
 
 
+def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
+  """N-way K-shot classification with conv-4 (MAML's reference settings).
+
+  Defaults are Omniglot 5-way 1-shot MAML: 1 inner step at lr 0.4, meta-batch
+  32, K query images per class in training, 10 inner steps and 15 query
+  images per class at test. mini-ImageNet experiments override what differs.
+  """
+  if dataset not in TASKS[1:]:
+    raise ConfigError(f"few-shot dataset must be one of {TASKS[1:]}, got {dataset!r}")
+  c = ml_collections.ConfigDict()
+  c.algorithm = "maml"
+  c.seed = 0
+  c.task = dataset              # "omniglot" or "mini_imagenet"
+  # Data (metajax.datasets; prepared once with `python -m metajax.datasets`).
+  c.dataset_config = "maml" if dataset == "omniglot" else "default"  # omniglot: maml | vinyals
+  c.data_dir = ""               # prepared data; "" = tfds default (~/tensorflow_datasets)
+  c.manual_dir = ""             # raw archives, used only if not yet prepared
+  c.input_norm = "unit"         # "unit": x / 255; "standardize": per-channel train stats
+  # Episodes.
+  c.ways = 5
+  c.k_shot = 1                  # support images per class
+  c.k_query = 1                 # query images per class in meta-training
+  c.k_shot_train = 0            # support images per class in meta-training; 0 = k_shot
+  # Model: conv-4 (metajax.models.Conv4).
+  c.filters = 64
+  c.bn = "transductive"         # one of BN_MODES
+  c.conv_impl = "auto"          # one of CONV_IMPLS; auto picks per backend
+  # Inner loop.
+  c.inner_steps = 1
+  c.inner_lr = 0.4
+  c.first_order = False
+  c.inner_optimizer = "sgd"
+  c.unroll = False
+  c.remat = False
+  c.metasgd_lr_range = (0.005, 0.1)
+  # Outer loop.
+  c.meta_batch = 32
+  c.batching = "auto"           # vmap | scan | unroll | auto (per backend)
+  c.task_chunk = 1
+  c.outer_optimizer = "adam"
+  c.outer_lr = 1e-3
+  c.outer_lr_schedule = "constant"
+  c.num_steps = 60_000
+  c.steps_per_call = 50
+  c.log_every = 500
+  # Validation during training (picks the best parameters) and the final test.
+  c.eval_every = 2000           # meta-steps between validation runs; 0 = never
+  c.val_tasks = 200             # validation episodes (fixed by eval_seed)
+  c.eval_tasks = 600            # test episodes (fixed by eval_seed)
+  c.eval_query = 15             # query images per class at validation/test
+  c.eval_max_steps = 10         # test-time inner steps (MAML used 10)
+  c.eval_batch = 25             # episodes per jitted evaluation call
+  c.eval_seed = 20170309
+  c.eval_inner_lr = -1.0
+  c.plots = True
+  return c
+
+
+def base_for(config) -> ml_collections.ConfigDict:
+  """The base config whose keys `config` must have (by its `task`)."""
+  task = config.get("task", "sinusoid")
+  if task not in TASKS:
+    raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+  return sinusoid_base() if task == "sinusoid" else fewshot_base(task)
+
+
 _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
-                  "steps_per_call", "log_every", "eval_tasks", "eval_query")
-_NONNEG_INTS = ("eval_max_steps",)
+                  "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
+                  "filters", "val_tasks", "eval_batch")
+_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
-            "task": ("sinusoid",), "batching": ("vmap", "scan", "unroll")}
+            "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
+            # per_step BN needs the inner step index in the loss (MAML++), not yet wired.
+            "bn": ("transductive", "none"), "conv_impl": CONV_IMPLS,
+            "input_norm": ("unit", "standardize")}
 
 
 class ConfigError(ValueError):
@@ -81,20 +155,25 @@ def unknown_key_error(key: str, valid) -> ConfigError:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks keys against `sinusoid_base()` and values for sense; returns config."""
-  base = sinusoid_base()
+  """Checks keys against the task's base config and values for sense; returns config."""
+  base = base_for(config)
   for key in config.keys():
     if key not in base:
       raise unknown_key_error(key, base.keys())
   for key in base.keys():
     if key not in config:
       raise ConfigError(f"config is missing key {key!r} (default: {base[key]!r}); "
-                        "start experiment files from metajax.config.sinusoid_base()")
+                        "start experiment files from metajax.config.sinusoid_base() "
+                        "or fewshot_base()")
   for key in _POSITIVE_INTS:
+    if key not in base:
+      continue
     v = config[key]
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
       raise ConfigError(f"{key} must be a positive integer, got {v!r}")
   for key in _NONNEG_INTS:
+    if key not in base:
+      continue
     v = config[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
       raise ConfigError(f"{key} must be an integer >= 0, got {v!r}")
@@ -104,9 +183,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         or not math.isfinite(v):
       raise ConfigError(f"{key} must be a finite number > 0, got {v!r}")
   for key, choices in _CHOICES.items():
-    if config[key] not in choices:
+    if key in base and config[key] not in choices:
       raise ConfigError(f"{key} must be one of {choices}, got {config[key]!r}")
   for key in ("eval_shots", "hidden"):
+    if key not in base:
+      continue
     v = tuple(config[key])
     if not v or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0
                         for i in v):
@@ -115,10 +196,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"inner_optimizer={config.inner_optimizer!r} is only supported "
                       f"for algorithm='reptile' (got algorithm={config.algorithm!r}); "
                       "use 'sgd'")
+  if config.task == "sinusoid" and config.batching == "auto":
+    raise ConfigError("batching='auto' is for image tasks; the sinusoid uses 'vmap', "
+                      "'scan' or 'unroll'")
   if config.batching != "vmap" and config.meta_batch % config.task_chunk:
     raise ConfigError(f"task_chunk={config.task_chunk} must divide "
                       f"meta_batch={config.meta_batch} for batching={config.batching!r}")
   lo, hi = config.metasgd_lr_range
   if not 0 < lo <= hi:
     raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got {(lo, hi)!r}")
+  if config.task != "sinusoid":
+    if config.eval_tasks % config.eval_batch or config.val_tasks % config.eval_batch:
+      raise ConfigError(f"eval_batch={config.eval_batch} must divide eval_tasks="
+                        f"{config.eval_tasks} and val_tasks={config.val_tasks}")
+    configs = ("maml", "vinyals") if config.task == "omniglot" else ("default",)
+    if config.dataset_config not in configs:
+      raise ConfigError(f"dataset_config for {config.task} must be one of {configs}, "
+                        f"got {config.dataset_config!r}")
   return config

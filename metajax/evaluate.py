@@ -21,25 +21,31 @@ def mean_ci95(values) -> tuple[float, float]:
 
 
 def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
-                      *, steps: int, lr=None):
-  """Query loss of each task before and after each of `steps` inner steps.
+                      *, steps: int, lr=None, metric=None):
+  """Query loss (or `metric(params, query)`) of each task before and after each
+  of `steps` inner steps.
 
   Returns losses_BxS with S = steps + 1 (column 0: before adaptation). `lr`
   overrides the inner rate (default: the trained one; learned for Meta-SGD).
+  Tasks run with `jax.vmap` when algo.batching is "vmap", else one at a time
+  (`lax.map`): a vmapped per-task convolution is slow on CPU (metajax.batching).
   """
   params = meta_params["params"]
   lr = inner_lr(algo, meta_params) if lr is None else lr
   mask = inner_mask(algo, params)
+  metric = loss_fn if metric is None else metric
 
   def one_task(task):
-    query_loss = lambda p: loss_fn(p, task["query"])
+    query_metric = lambda p: metric(p, task["query"])
     _, after_T = inner_loop(loss_fn, params, task["support"], steps=steps,
                             lr=lr, mask=mask, optimizer=algo.inner_optimizer,
-                            observe=query_loss)
-    before = query_loss(params)[None]
+                            observe=query_metric)
+    before = query_metric(params)[None]
     return before if after_T is None else jnp.concatenate([before, after_T])
 
-  return jax.vmap(one_task)(tasks)
+  if algo.batching == "vmap":
+    return jax.vmap(one_task)(tasks)
+  return jax.lax.map(one_task, tasks)
 
 
 def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:

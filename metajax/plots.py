@@ -55,6 +55,13 @@ def plot_curves(path, metrics_path):
   ax.set_xlabel("meta-step")
   ax.set_ylabel("mean post-adaptation query loss")
   ax.set_yscale("log")
+  val = [r for r in rows if r.get("val_accuracy") is not None]
+  if val:  # few-shot runs: validation accuracy on a second axis
+    ax2 = ax.twinx()
+    ax2.errorbar([r["step"] for r in val], [100 * r["val_accuracy"] for r in val],
+                 yerr=[100 * r["val_ci95"] for r in val], color="tab:orange",
+                 marker="o", ms=3, capsize=2, label="validation accuracy")
+    ax2.set_ylabel("validation accuracy (%)", color="tab:orange")
   ax.set_title(os.path.basename(os.path.dirname(os.path.abspath(path))))
   fig.tight_layout()
   fig.savefig(path, dpi=120)

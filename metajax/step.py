@@ -62,12 +62,17 @@ def init_state(algo: Algorithm, params: PyTree,
 
 
 def make_meta_step(algo: Algorithm, loss_fn: LossFn,
-                   sample_tasks: Callable[[jax.Array], dict],
+                   sample_tasks: Callable[..., dict],
                    optimizer: optax.GradientTransformation):
-  """Returns the pure `meta_step(state, key) -> (state, {"loss": scalar})`."""
+  """Returns the pure `meta_step(state, key, data=None) -> (state, {"loss": scalar})`.
 
-  def meta_step(state: TrainState, key) -> tuple[TrainState, dict]:
-    tasks = sample_tasks(key)
+  `sample_tasks(key)` draws the meta-batch, or `sample_tasks(key, data)` when
+  the tasks come from a data set held on device (`data`: e.g. the uint8 images
+  of a split, passed as an argument so it is not baked into the program).
+  """
+
+  def meta_step(state: TrainState, key, data=None) -> tuple[TrainState, dict]:
+    tasks = sample_tasks(key) if data is None else sample_tasks(key, data)
     meta_params = state.meta_params()
     loss, grads = meta_gradient(algo, loss_fn, meta_params, tasks)
     updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
@@ -80,15 +85,16 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
 
 
 def make_train_chunk(meta_step, steps_per_call: int):
-  """jit(state -> (state, metrics_T)): `steps_per_call` meta-steps in a scan.
+  """jit((state, data=None) -> (state, metrics_T)): `steps_per_call` meta-steps
+  in a scan. The state is donated; `data` (the split on device) is not.
 
   Step t draws its tasks with `fold_in(state.key, t)`, so a run is a pure
   function of the seed however it is chunked.
   """
 
-  def chunk(state: TrainState):
+  def chunk(state: TrainState, data=None):
     def body(state, _):
-      return meta_step(state, jax.random.fold_in(state.key, state.step))
+      return meta_step(state, jax.random.fold_in(state.key, state.step), data)
     return jax.lax.scan(body, state, None, length=steps_per_call)
 
   return jax.jit(chunk, donate_argnums=0)

@@ -15,17 +15,14 @@ import importlib.util
 import json
 import os
 import sys
-import time
 
 import jax
-import numpy as np
-from tqdm import tqdm
 
 from metajax import config as config_lib
+from metajax import loop
 from metajax.algorithms import Algorithm
 from metajax.evaluate import evaluate
-from metajax.step import (init_state, make_meta_step, make_outer_optimizer,
-                          make_train_chunk)
+from metajax.step import init_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.sinusoid import Problem
 
 
@@ -107,22 +104,15 @@ def parse_args(argv):
 
 
 # ----------------------------------------------------------------- training
-def _chunk_sizes(num_steps: int, steps_per_call: int, log_every: int):
-  """Chunk lengths that never cross a logging boundary."""
-  step = 0
-  while step < num_steps:
-    boundary = min((step // log_every + 1) * log_every, num_steps)
-    n = min(steps_per_call, boundary - step)
-    yield n, step + n == boundary
-    step += n
-
-
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   """Meta-trains per `config`, evaluates, writes outputs to `workdir`."""
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=1, default=str)
+  if config.task != "sinusoid":
+    from metajax import fewshot  # loads image data; not needed for the sinusoid
+    return fewshot.train_and_evaluate(config, workdir, progress=progress)
 
   algo = Algorithm.from_config(config)
   problem = Problem(config)
@@ -132,54 +122,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                      metasgd_lr_range=tuple(config.metasgd_lr_range))
   meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks,
                              optimizer)
-
-  chunks, compile_s = {}, 0.0
-
-  def compiled(n):
-    nonlocal compile_s
-    if n not in chunks:
-      t0 = time.perf_counter()
-      chunks[n] = make_train_chunk(meta_step, n).lower(state).compile()
-      compile_s += time.perf_counter() - t0
-    return chunks[n]
-
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  t_start = time.perf_counter()
-  run_s, pending = 0.0, []
-  bar = tqdm(total=config.num_steps, disable=not progress, unit="step",
-             desc=f"{config.algorithm} K={config.k_shot}")
-  with open(metrics_path, "w") as metrics_file:
-    for n, log_now in _chunk_sizes(config.num_steps, config.steps_per_call,
-                                   config.log_every):
-      fn = compiled(n)
-      first_step = int(state.step)
-      t0 = time.perf_counter()
-      state, metrics = fn(state)
-      loss_T = np.asarray(metrics["loss"])  # blocks: timing and NaN check
-      run_s += time.perf_counter() - t0
-      bad = np.flatnonzero(~np.isfinite(loss_T))
-      if bad.size:
-        raise FloatingPointError(
-            f"meta-training loss is {loss_T[bad[0]]} at meta-step "
-            f"{first_step + bad[0] + 1} (algorithm={config.algorithm}, "
-            f"inner_lr={config.inner_lr}, outer_lr={config.outer_lr}); "
-            "training stopped, metrics.jsonl holds only finite steps. "
-            "Lower the learning rates.")
-      pending.append(loss_T)
-      bar.update(n)
-      bar.set_postfix(loss=f"{loss_T.mean():.4f}")
-      if log_now:
-        losses = np.concatenate(pending)
-        pending = []
-        step = int(state.step)
-        row = {"step": step, "loss": float(losses.mean()),
-               "loss_last": float(losses[-1]),
-               "steps_per_sec": step / run_s if run_s > 0 else None,
-               "elapsed_s": time.perf_counter() - t_start}
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-  bar.close()
-  train_wall_s = time.perf_counter() - t_start
+  state, stats = loop.run(config, state, meta_step, metrics_path, progress=progress,
+                          desc=f"{config.algorithm} K={config.k_shot}")
+  train_wall_s, compile_s = stats["train_wall_s"], stats["compile_s"]
+  run_s = stats["run_s"]
 
   meta_params = state.meta_params()
   result = evaluate(config, algo, problem, meta_params)
@@ -203,6 +150,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
 
 
 def _summary(result) -> str:
+  if result.get("metric") == "accuracy":
+    from metajax.fewshot import summary
+    return summary(result)
   lines = [f"{result['algorithm']}: {result['num_steps']} meta-steps in "
            f"{result['train_wall_s']:.1f}s (compile {result['compile_s']:.1f}s, "
            f"{1e3 * result['sec_per_meta_step']:.3f} ms/meta-step)"]
@@ -215,13 +165,20 @@ def _summary(result) -> str:
   return "\n".join(lines)
 
 
+def _user_errors():
+  """Errors whose message is the whole story: bad config, data or episode shape."""
+  from metajax.datasets import DataError
+  from metajax.tasks.episodes import EpisodeError
+  return (config_lib.ConfigError, DataError, EpisodeError)
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   try:
     config_path, workdir, overrides = parse_args(argv)
     config = load_config(config_path, overrides)
     result = train_and_evaluate(config, workdir)
-  except config_lib.ConfigError as e:
+  except _user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except FloatingPointError as e:

@@ -1,0 +1,19 @@
+r"""Meta-SGD on mini-ImageNet 5-way 1-shot.
+
+Command (prepare the data once first: see docs/DATA.md):
+  python -m metajax.train --config experiments/mini_5w1s_metasgd.py --workdir runs/mini_5w1s_metasgd
+
+Paper: 50.47 ± 1.87 % (Li et al. 2017, Tables 2-3).
+Ours: not measured yet (docs/RESULTS.md lists what has been run).
+"""
+
+from metajax.papers import paper_config
+
+
+def get_config():
+  config = paper_config("metasgd", "mini_imagenet", ways=5, shots=1)
+  # The published settings it sets (edit any of them here):
+  #   inner_steps=1, inner_lr=0.01, inner_optimizer='sgd', meta_batch=4, k_query=15,
+  #   outer_optimizer='adam', outer_lr=0.001, outer_lr_schedule='constant',
+  #   num_steps=60000, filters=32, eval_max_steps=1, eval_query=15
+  return config

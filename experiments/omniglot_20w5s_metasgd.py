@@ -1,0 +1,19 @@
+r"""Meta-SGD on Omniglot 20-way 5-shot.
+
+Command (prepare the data once first: see docs/DATA.md):
+  python -m metajax.train --config experiments/omniglot_20w5s_metasgd.py --workdir runs/omniglot_20w5s_metasgd
+
+Paper: 98.97 ± 0.19 % (Li et al. 2017, Tables 2-3).
+Ours: not measured yet (docs/RESULTS.md lists what has been run).
+"""
+
+from metajax.papers import paper_config
+
+
+def get_config():
+  config = paper_config("metasgd", "omniglot", ways=20, shots=5)
+  # The published settings it sets (edit any of them here):
+  #   inner_steps=1, inner_lr=0.1, inner_optimizer='sgd', meta_batch=16, k_query=5,
+  #   outer_optimizer='adam', outer_lr=0.001, outer_lr_schedule='constant',
+  #   num_steps=60000, filters=64, eval_max_steps=1, eval_query=15
+  return config

@@ -1,0 +1,19 @@
+r"""first-order MAML on Omniglot 5-way 1-shot.
+
+Command (prepare the data once first: see docs/DATA.md):
+  python -m metajax.train --config experiments/omniglot_5w1s_fomaml.py --workdir runs/omniglot_5w1s_fomaml
+
+Paper: 98.3 ± 0.5 % (Finn et al. 2017, Table 1).
+Ours: not measured yet (docs/RESULTS.md lists what has been run).
+"""
+
+from metajax.papers import paper_config
+
+
+def get_config():
+  config = paper_config("fomaml", "omniglot", ways=5, shots=1)
+  # The published settings it sets (edit any of them here):
+  #   inner_steps=1, inner_lr=0.4, inner_optimizer='sgd', meta_batch=32, k_query=1,
+  #   outer_optimizer='adam', outer_lr=0.001, outer_lr_schedule='constant',
+  #   num_steps=60000, filters=64, eval_max_steps=3, eval_query=15
+  return config

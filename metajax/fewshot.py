@@ -1,0 +1,190 @@
+"""Few-shot image classification runs: Omniglot and mini-ImageNet.
+
+The training split lives on the device as uint8 and every meta-step draws its
+episodes from it inside the jitted program (`metajax.tasks.episodes`).
+Validation every `eval_every` meta-steps picks the best parameters; the test
+split is scored once at the end on `eval_tasks` episodes fixed by `eval_seed`
+(the same episodes for every algorithm and run), after 0..eval_max_steps
+inner steps, as mean accuracy with its 95% CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import flax.serialization
+import jax
+import numpy as np
+
+from metajax import loop
+from metajax.algorithms import Algorithm
+from metajax.batching import resolve
+from metajax.evaluate import adaptation_losses, mean_ci95
+from metajax.step import init_state, make_meta_step, make_outer_optimizer
+from metajax.tasks.episodes import channel_stats, check_episode_shape, sample_episodes
+from metajax.tasks.fewshot import Problem
+
+
+def load_images(config, split: str) -> np.ndarray:
+  """The split as uint8 images_CxMxHxWxc (prepares the data set on first use)."""
+  from metajax.datasets import load_split
+  builder_config = config.dataset_config if config.task == "omniglot" else None
+  return load_split(config.task, split, config=builder_config,
+                    data_dir=config.data_dir or None,
+                    manual_dir=config.manual_dir or None)
+
+
+def _resolve(config):
+  task_images = config.ways * ((config.k_shot_train or config.k_shot) + config.k_query)
+  return resolve(config.batching, config.task_chunk, config.conv_impl, config.meta_batch,
+                 task_images=task_images)
+
+
+def algorithm(config) -> Algorithm:
+  """The config's algorithm with 'auto' batching / conv resolved for this backend."""
+  batching, chunk, _ = _resolve(config)
+  return dataclasses.replace(Algorithm.from_config(config), batching=batching,
+                             task_chunk=chunk or 1)
+
+
+def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
+  """evaluate(meta_params, images, num_tasks) -> accuracy_BxS (S = 0..eval_max_steps).
+
+  Episode batch b uses key fold_in(PRNGKey(eval_seed), b): the episodes depend
+  only on the seed, the split and N/K/Q, never on the model or the run.
+  """
+  lr = None if config.eval_inner_lr < 0 else config.eval_inner_lr
+
+  @jax.jit
+  def batch_accuracy(meta_params, images, key):
+    tasks = sample_episodes(key, images, meta_batch=config.eval_batch, ways=config.ways,
+                            shots=config.k_shot, queries=config.eval_query,
+                            mean=mean, std=std)
+    return adaptation_losses(algo, problem.loss_fn, meta_params, tasks,
+                             steps=config.eval_max_steps, lr=lr, metric=problem.accuracy)
+
+  def evaluate(meta_params, images, num_tasks: int) -> np.ndarray:
+    base = jax.random.PRNGKey(config.eval_seed)
+    return np.concatenate([
+        np.asarray(batch_accuracy(meta_params, images, jax.random.fold_in(base, b)))
+        for b in range(num_tasks // config.eval_batch)])
+
+  return evaluate
+
+
+def summarize(acc_BxS: np.ndarray) -> dict:
+  per_step = [mean_ci95(col) for col in np.asarray(acc_BxS, np.float64).T]
+  return {"accuracy": [m for m, _ in per_step], "ci95": [c for _, c in per_step],
+          "final_accuracy": per_step[-1][0], "final_ci95": per_step[-1][1]}
+
+
+def _save_params(path: str, meta_params) -> None:
+  """msgpack (no pickle), written to a temporary name and renamed: a crash
+  mid-write never leaves a truncated file under `path`."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(flax.serialization.to_bytes(meta_params))
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
+  t0 = time.perf_counter()
+  train_images = load_images(config, "train")
+  test_images = load_images(config, "test")
+  val_images = load_images(config, "validation") if config.eval_every else None
+  load_s = time.perf_counter() - t0
+  train_shots = config.k_shot_train or config.k_shot
+  for split, images, shots, queries in (
+      ("train split", train_images, train_shots, config.k_query),
+      ("validation split", val_images, config.k_shot, config.eval_query),
+      ("test split", test_images, config.k_shot, config.eval_query)):
+    if images is not None:
+      check_episode_shape(images.shape, ways=config.ways, shots=shots,
+                          queries=queries, split=split)
+  mean, std = (None, None)
+  if config.input_norm == "standardize":
+    mean, std = channel_stats(train_images)
+
+  algo = algorithm(config)
+  _, _, conv = _resolve(config)
+  problem = Problem(ways=config.ways, filters=config.filters,
+                    image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv)
+  optimizer = make_outer_optimizer(config)
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = init_state(algo, problem.init_params(init_key), optimizer, state_key,
+                     metasgd_lr_range=tuple(config.metasgd_lr_range))
+  sample = lambda key, images: sample_episodes(
+      key, images, meta_batch=config.meta_batch, ways=config.ways,
+      shots=train_shots, queries=config.k_query, mean=mean, std=std)
+  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer)
+  evaluate = make_evaluator(config, algo, problem, mean, std)
+
+  best = {"val_accuracy": -1.0, "step": None, "meta_params": None}
+  best_path = os.path.join(workdir, "best_params.msgpack")
+
+  def validate(state):
+    meta_params = state.meta_params()
+    acc = summarize(evaluate(meta_params, val_images, config.val_tasks))
+    if acc["final_accuracy"] > best["val_accuracy"]:
+      best.update(val_accuracy=acc["final_accuracy"], step=int(state.step),
+                  meta_params=jax.device_get(meta_params))
+      _save_params(best_path, best["meta_params"])
+    return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"]}
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  state, stats = loop.run(
+      config, state, meta_step, metrics_path, data=jax.device_put(train_images),
+      on_boundary=validate if config.eval_every else None, progress=progress,
+      desc=f"{config.algorithm} {config.task} {config.ways}w{config.k_shot}s")
+
+  final = jax.device_get(state.meta_params())
+  chosen = best["meta_params"] if best["meta_params"] is not None else final
+  t0 = time.perf_counter()
+  test = summarize(evaluate(chosen, jax.device_put(test_images), config.eval_tasks))
+  test_s = time.perf_counter() - t0
+  result = {
+      "metric": "accuracy", "split": "test", "dataset": config.task,
+      "dataset_config": config.dataset_config, "algorithm": config.algorithm,
+      "first_order": algo.first_order, "ways": config.ways, "k_shot": config.k_shot,
+      "k_shot_train": train_shots, "k_query_train": config.k_query,
+      "eval_query": config.eval_query,
+      "inner_steps_train": config.inner_steps,
+      "inner_steps_test": config.eval_max_steps, "steps": list(range(config.eval_max_steps + 1)),
+      "inner_lr": "learned" if algo.learn_inner_lr else (
+          algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
+      "bn": config.bn, "filters": config.filters, "input_norm": config.input_norm,
+      "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
+      "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
+      **test,
+      "params": "best validation" if best["step"] is not None else "final",
+      "best_step": best["step"],
+      "best_val_accuracy": best["val_accuracy"] if best["step"] is not None else None,
+      "val_tasks": config.val_tasks if config.eval_every else 0,
+      "iterations": config.num_steps, "seed": config.seed,
+      **stats, "data_load_s": load_s, "test_s": test_s,
+      "backend": jax.default_backend(), "jax_version": jax.__version__,
+  }
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  if best["step"] is None:
+    _save_params(best_path, final)
+  if config.plots:
+    from metajax import plots  # matplotlib only when plotting
+    plots.plot_curves(os.path.join(workdir, "curves.png"), metrics_path)
+  return result
+
+
+def summary(result) -> str:
+  s = result["steps"]
+  return (f"{result['algorithm']} {result['dataset']} {result['ways']}-way "
+          f"{result['k_shot']}-shot: {result['iterations']} meta-steps in "
+          f"{result['train_wall_s']:.0f}s (compile {result['compile_s']:.1f}s, "
+          f"{result['sec_per_meta_step']:.3f} s/meta-step)\n"
+          f"  test accuracy over {result['num_tasks']} episodes after {s[-1]} steps: "
+          f"{100 * result['final_accuracy']:.2f} ± {100 * result['final_ci95']:.2f}% "
+          f"({result['params']} parameters"
+          + (f", step {result['best_step']}" if result["best_step"] is not None else "")
+          + ")")

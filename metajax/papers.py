@@ -1,0 +1,96 @@
+"""The published few-shot settings and numbers, in one table.
+
+`paper_config(algorithm, dataset, ways, shots)` is the config an experiment
+file starts from: `fewshot_base(dataset)` with the hyperparameters the
+algorithm's paper used for that cell (where a paper is silent, MAML's). The
+`PUBLISHED` accuracies are the papers' (mean ± 95% CI, %), never ours; ours
+are in docs/RESULTS.md.
+
+Sources: MAML and first-order MAML, Finn et al. 2017 (Table 1 and sec. 5.2);
+Meta-SGD, Li et al. 2017 (Tables 2-3); Reptile, Nichol et al. 2018 (Tables 1-2,
+transductive; hyperparameters from its appendix); ANIL, Raghu et al. 2020
+(Table 2).
+"""
+
+from __future__ import annotations
+
+from metajax.config import ConfigError, fewshot_base
+
+CELLS = (("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1),
+         ("omniglot", 20, 5), ("mini_imagenet", 5, 1), ("mini_imagenet", 5, 5))
+
+# (algorithm, dataset, ways, shots) -> (accuracy %, 95% CI %); None: not reported.
+PUBLISHED = {
+    ("maml", "omniglot", 5, 1): (98.7, 0.4), ("maml", "omniglot", 5, 5): (99.9, 0.1),
+    ("maml", "omniglot", 20, 1): (95.8, 0.3), ("maml", "omniglot", 20, 5): (98.9, 0.2),
+    ("maml", "mini_imagenet", 5, 1): (48.70, 1.84),
+    ("maml", "mini_imagenet", 5, 5): (63.11, 0.92),
+    ("fomaml", "omniglot", 5, 1): (98.3, 0.5), ("fomaml", "omniglot", 5, 5): (99.2, 0.2),
+    ("fomaml", "omniglot", 20, 1): (89.4, 0.5), ("fomaml", "omniglot", 20, 5): (97.9, 0.1),
+    ("fomaml", "mini_imagenet", 5, 1): (48.07, 1.75),
+    ("fomaml", "mini_imagenet", 5, 5): (63.15, 0.91),
+    ("reptile", "omniglot", 5, 1): (97.68, 0.04), ("reptile", "omniglot", 5, 5): (99.48, 0.06),
+    ("reptile", "omniglot", 20, 1): (89.43, 0.14),
+    ("reptile", "omniglot", 20, 5): (97.12, 0.32),
+    ("reptile", "mini_imagenet", 5, 1): (49.97, 0.32),
+    ("reptile", "mini_imagenet", 5, 5): (65.99, 0.58),
+    ("metasgd", "omniglot", 5, 1): (99.53, 0.26), ("metasgd", "omniglot", 5, 5): (99.93, 0.09),
+    ("metasgd", "omniglot", 20, 1): (95.93, 0.38),
+    ("metasgd", "omniglot", 20, 5): (98.97, 0.19),
+    ("metasgd", "mini_imagenet", 5, 1): (50.47, 1.87),
+    ("metasgd", "mini_imagenet", 5, 5): (64.03, 0.94),
+    ("anil", "omniglot", 5, 1): None, ("anil", "omniglot", 5, 5): None,
+    ("anil", "omniglot", 20, 1): (96.2, 0.5), ("anil", "omniglot", 20, 5): (98.0, 0.3),
+    ("anil", "mini_imagenet", 5, 1): (46.7, 0.4),
+    ("anil", "mini_imagenet", 5, 5): (61.5, 0.5),
+}
+
+
+def _maml_settings(dataset: str, ways: int, shots: int) -> dict:
+  """MAML sec. 5.2: Omniglot 5-way 1 step at 0.4 (meta-batch 32, tested with 3
+  steps), 20-way 5 steps at 0.1 (meta-batch 16, tested with 5); mini-ImageNet
+  5 steps at 0.01, meta-batch 4 (1-shot) / 2 (5-shot), 15 query images per
+  class, tested with 10 steps; 60k meta-steps, Adam 1e-3, K query per class on
+  Omniglot (the reference code)."""
+  if dataset == "omniglot":
+    s = dict(k_query=shots, filters=64, num_steps=60_000)
+    if ways == 5:
+      return dict(s, inner_steps=1, inner_lr=0.4, meta_batch=32, eval_max_steps=3)
+    return dict(s, inner_steps=5, inner_lr=0.1, meta_batch=16, eval_max_steps=5)
+  return dict(k_query=15, filters=32, inner_steps=5, inner_lr=0.01,
+              meta_batch=4 if shots == 1 else 2, eval_max_steps=10, num_steps=60_000)
+
+
+def _reptile_settings(dataset: str, ways: int, shots: int) -> dict:
+  """Reptile appendix: inner Adam (beta1 = 0), 10 (Omniglot) / 15 (mini-ImageNet)
+  training shots, meta-batch 5, outer SGD at 1.0 annealed linearly to 0, 50
+  inner steps at test. The paper takes inner minibatches of 10-20 images; here
+  each inner step uses the whole support set."""
+  s = dict(algorithm="reptile", inner_optimizer="adam", outer_optimizer="sgd",
+           outer_lr=1.0, outer_lr_schedule="linear", meta_batch=5, k_query=1,
+           eval_max_steps=50)
+  if dataset == "omniglot" and ways == 5:
+    return dict(s, inner_lr=0.001, inner_steps=5, k_shot_train=10, num_steps=100_000)
+  if dataset == "omniglot":
+    return dict(s, inner_lr=0.0005, inner_steps=10, k_shot_train=10, num_steps=200_000)
+  return dict(s, inner_lr=0.001, inner_steps=8, k_shot_train=15, num_steps=100_000,
+              filters=32)
+
+
+def paper_config(algorithm: str, dataset: str, ways: int, shots: int):
+  """fewshot_base(dataset) with the published hyperparameters of that cell."""
+  if (algorithm, dataset, ways, shots) not in PUBLISHED:
+    cells = sorted({k[1:] for k in PUBLISHED})
+    raise ConfigError(f"no published setting for {algorithm} on {dataset} {ways}-way "
+                      f"{shots}-shot; cells: {cells}")
+  config = fewshot_base(dataset)
+  config.algorithm = algorithm
+  config.ways, config.k_shot = ways, shots
+  if algorithm == "reptile":
+    config.update(_reptile_settings(dataset, ways, shots))
+  else:
+    config.update(_maml_settings(dataset, ways, shots))
+  if algorithm == "metasgd":
+    # Meta-SGD adapts in one step with its learned rates, at training and test.
+    config.update(inner_steps=1, eval_max_steps=1)
+  return config

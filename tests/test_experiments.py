@@ -1,0 +1,41 @@
+"""Every few-shot experiment file: loads, validates, names its cell, and quotes
+the published number of that cell (metajax.papers)."""
+
+import glob
+import os
+import re
+
+import pytest
+
+from metajax import papers
+from metajax.train import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "omniglot_*.py")) +
+               glob.glob(os.path.join(ROOT, "experiments", "mini_*.py")))
+
+
+def test_one_file_per_table_cell():
+  names = {os.path.basename(f) for f in FILES}
+  for algo in ("maml", "fomaml", "reptile", "metasgd", "anil"):
+    for dataset, ways, shots in papers.CELLS:
+      short = "omniglot" if dataset == "omniglot" else "mini"
+      assert f"{short}_{ways}w{shots}s_{algo}.py" in names
+
+
+@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
+def test_experiment_file(path):
+  config = load_config(path)
+  short, cell, algo = os.path.basename(path)[:-3].split("_")
+  ways, shots = map(int, re.fullmatch(r"(\d+)w(\d+)s", cell).groups())
+  assert (config.algorithm, config.ways, config.k_shot) == (algo, ways, shots)
+  assert config.task == ("omniglot" if short == "omniglot" else "mini_imagenet")
+  text = open(path).read()
+  assert f"python -m metajax.train --config experiments/{os.path.basename(path)}" in text
+  published = papers.PUBLISHED[(algo, config.task, ways, shots)]
+  paper_line = re.search(r"^Paper: (.*)$", text, re.M).group(1)
+  if published is None:
+    assert paper_line.startswith("not reported")
+  else:
+    assert paper_line.startswith(f"{published[0]} ± {published[1]} %")
+  assert re.search(r"^Ours: ", text, re.M)
