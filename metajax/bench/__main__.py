@@ -61,6 +61,10 @@ def suite_cells(suite: str, peers: bool):
     for batching, chunk, conv in choices:
       cells.append({"impl": "metajax", "preset": "omni_5w1s", "algo": "maml",
                     "batching": batching, "chunk": chunk, "conv": conv})
+    # MAML's Omniglot training episodes (1 query image per class): small tasks.
+    for batching, chunk in (("scan", 1), ("scan", 8), ("vmap", None)):
+      cells.append({"impl": "metajax", "preset": "omni_5w1s_train", "algo": "maml",
+                    "batching": batching, "chunk": chunk, "conv": "im2col"})
   else:
     raise SystemExit(f"unknown suite {suite!r}; choose paper, peers, steps or strategies")
   if peers:

@@ -13,6 +13,9 @@ PRESETS = {
                        inner_lr=0.1, filters=64, image_shape=(28, 28, 1)),
     "mini_5w1s": dict(ways=5, shots=1, queries=15, meta_batch=4, steps=5,
                       inner_lr=0.01, filters=32, image_shape=(84, 84, 3)),
+    # MAML's Omniglot training episodes: K query images per class (10 per task).
+    "omni_5w1s_train": dict(ways=5, shots=1, queries=1, meta_batch=32, steps=1,
+                            inner_lr=0.4, filters=64, image_shape=(28, 28, 1)),
     # Small enough to sweep inner steps 1..20 at second order on a laptop CPU.
     "omni_5w1s_mb4": dict(ways=5, shots=1, queries=15, meta_batch=4, steps=1,
                           inner_lr=0.4, filters=64, image_shape=(28, 28, 1)),
