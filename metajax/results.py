@@ -1,6 +1,7 @@
 """Collects eval.json files under a folder into a markdown table.
 
-  python -m metajax.results runs/sine_table
+  python -m metajax.results runs/sine_table      # sinusoid runs
+  python -m metajax.results runs                 # few-shot runs too: ours beside the paper's
 """
 
 from __future__ import annotations
@@ -38,5 +39,35 @@ def sinusoid_table(root: str) -> str:
   return "\n".join(out)
 
 
+def fewshot_table(root: str) -> str:
+  """Test accuracy of every few-shot run under `root`, beside the published
+  number of its cell (metajax.papers; labelled "paper")."""
+  from metajax.papers import PUBLISHED
+  rows = []
+  for path in sorted(glob.glob(os.path.join(root, "*", "eval.json"))):
+    with open(path) as f:
+      e = json.load(f)
+    if e.get("metric") != "accuracy":
+      continue
+    paper = PUBLISHED.get((e["algorithm"], e["dataset"], e["ways"], e["k_shot"]))
+    rows.append((
+        e["algorithm"], e["dataset"], f"{e['ways']}w{e['k_shot']}s",
+        os.path.basename(os.path.dirname(path)),
+        f"{100 * e['final_accuracy']:.2f} ± {100 * e['final_ci95']:.2f}",
+        e["inner_steps_test"], e["iterations"],
+        "-" if e["best_step"] is None else e["best_step"],
+        f"{e['sec_per_meta_step']:.3f}", f"{e['train_wall_s'] / 60:.0f}",
+        "not reported" if paper is None else f"{paper[0]} ± {paper[1]}"))
+  out = ["| algorithm | data set | cell | run | ours: test accuracy % ± 95% CI | "
+         "test steps | meta-steps | best val step | s / meta-step | train min | "
+         "**paper** % |",
+         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(out)
+
+
 if __name__ == "__main__":
-  print(sinusoid_table(sys.argv[1] if len(sys.argv) > 1 else "runs"))
+  root = sys.argv[1] if len(sys.argv) > 1 else "runs"
+  print(sinusoid_table(root))
+  print()
+  print(fewshot_table(root))

@@ -147,6 +147,13 @@ def test_short_training_beats_chance(tmp_path, synthetic_data, algorithm):
   for key in ("algorithm", "ways", "k_shot", "k_query_train", "eval_query",
               "inner_steps_train", "inner_steps_test", "bn", "iterations", "train_wall_s"):
     assert key in saved
+  # The results table puts ours beside the paper's number for the cell.
+  from metajax.papers import PUBLISHED
+  from metajax.results import fewshot_table
+  table = fewshot_table(str(tmp_path.parent))
+  paper = PUBLISHED[(algorithm, "omniglot", 5, 1)]
+  assert f"| {100 * r['final_accuracy']:.2f} ± {100 * r['final_ci95']:.2f} |" in table
+  assert f"{paper[0]} ± {paper[1]}" in table
 
 
 def test_evaluation_episodes_are_fixed_by_the_seed(synthetic_data):

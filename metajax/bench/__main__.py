@@ -1,6 +1,7 @@
 """Benchmark suite.
 
   python -m metajax.bench --suite paper [--out runs/bench] [--peers] [--iters 5]
+  python -m metajax.bench --suite strategies --preset omni_5w1s_train
   python -m metajax.bench --table runs/bench/paper.jsonl
 
 Suites:
@@ -11,6 +12,8 @@ Suites:
   steps       time and memory against inner steps 1..20, second vs first order,
               with and without remat (Omniglot 5w1s, meta-batch 4); writes steps.png
   strategies  the task-batching strategies and conv forms on Omniglot 5w1s
+              (benchmark episodes, 15 query images per class) and on MAML's
+              Omniglot training episodes (1 query image per class)
 
 Every cell runs in its own subprocess (peak memory is per cell). Writes
 OUT/SUITE.jsonl and prints a markdown table; with peers, the ratio
@@ -158,6 +161,7 @@ def main(argv=None):
   ap.add_argument("--iters", type=int, default=5, help="timed meta-steps per cell")
   ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
   ap.add_argument("--table", metavar="JSONL", help="print the table of an earlier run")
+  ap.add_argument("--preset", help="run only the suite's cells of this preset")
   ap.add_argument("--cell", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
 
@@ -176,10 +180,16 @@ def main(argv=None):
     return 0
 
   os.makedirs(args.out, exist_ok=True)
-  path = os.path.join(args.out, f"{args.suite}.jsonl")
+  cells = suite_cells(args.suite, args.peers)
+  if args.preset:
+    cells = [c for c in cells if c["preset"] == args.preset]
+    if not cells:
+      raise SystemExit(f"suite {args.suite!r} has no cells of preset {args.preset!r}")
+  name = args.suite + (f"_{args.preset}" if args.preset else "")
+  path = os.path.join(args.out, f"{name}.jsonl")
   rows = []
   with open(path, "w") as f:
-    for cell in suite_cells(args.suite, args.peers):
+    for cell in cells:
       cell.setdefault("iters", args.iters)
       row = run_in_subprocess(cell, args.timeout)
       rows.append(row)
