@@ -4,7 +4,7 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_fomaml.py --workdir runs/omniglot_5w1s_fomaml
 
 Paper: 98.3 ± 0.5 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 92.26 ± 0.52 % after 5,000 of the 60,000 meta-steps, 2-core CPU (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
