@@ -65,28 +65,17 @@ def task_mean(fn: Callable[[Any], Any], tasks, *, strategy: str = "vmap",
   return jax.tree.map(lambda a: a / num_tasks, total)
 
 
-# On CPU, tasks of at most this many images (support + query) are vmapped
-# (batched im2col matmuls); larger ones run one at a time in a scan.
-CPU_VMAP_MAX_TASK_IMAGES = 16
-
-
-def resolve(strategy: str, chunk, conv: str, meta_batch: int, backend=None,
-            task_images=None):
+def resolve(strategy: str, chunk, conv: str, meta_batch: int, backend=None):
   """Turns "auto" choices into (strategy, chunk, conv_impl) for this backend.
 
   The rules come from measurements recorded in docs/RESULTS.md
-  (`python -m metajax.bench --suite strategies`, and the Omniglot training
-  shapes): on CPU a scan over single tasks wins for the benchmark's 80-image
-  tasks (5-way, 1 + 15 per class), vmap for MAML's 10-image training tasks.
-  Explicit choices pass through.
+  (`python -m metajax.bench --suite strategies`): on CPU a scan over single
+  tasks, for the benchmark's 80-image tasks and MAML's 10-image Omniglot
+  training tasks alike. Explicit choices pass through.
   """
   backend = backend or jax.default_backend()
   if strategy == "auto":
-    small = task_images is not None and task_images <= CPU_VMAP_MAX_TASK_IMAGES
-    if backend != "cpu" or small:
-      strategy, auto_chunk = "vmap", None
-    else:
-      strategy, auto_chunk = "scan", 1
+    strategy, auto_chunk = ("scan", 1) if backend == "cpu" else ("vmap", None)
     chunk = chunk or auto_chunk
   if conv == "auto":
     conv = "im2col" if backend == "cpu" else "xla"

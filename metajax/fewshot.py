@@ -38,9 +38,7 @@ def load_images(config, split: str) -> np.ndarray:
 
 
 def _resolve(config):
-  task_images = config.ways * ((config.k_shot_train or config.k_shot) + config.k_query)
-  return resolve(config.batching, config.task_chunk, config.conv_impl, config.meta_batch,
-                 task_images=task_images)
+  return resolve(config.batching, config.task_chunk, config.conv_impl, config.meta_batch)
 
 
 def algorithm(config) -> Algorithm:

@@ -25,8 +25,7 @@ def _image_setup(cell):
   p = dict(PRESETS[cell["preset"]])
   steps = cell.get("steps") or p["steps"]
   batching, chunk, conv = resolve(cell.get("batching", "auto"), cell.get("chunk"),
-                                  cell.get("conv", "auto"), p["meta_batch"],
-                                  task_images=p["ways"] * (p["shots"] + p["queries"]))
+                                  cell.get("conv", "auto"), p["meta_batch"])
   problem = Problem(ways=p["ways"], filters=p["filters"],
                     image_shape=p["image_shape"], conv_impl=conv)
   sample = lambda key: synthetic_tasks(
