@@ -123,9 +123,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   best = {"val_accuracy": -1.0, "step": None, "meta_params": None}
   best_path = os.path.join(workdir, "best_params.msgpack")
 
+  val_on_device = None if val_images is None else jax.device_put(val_images)  # copied once, not per validation
+
   def validate(state):
     meta_params = state.meta_params()
-    acc = summarize(evaluate(meta_params, val_images, config.val_tasks))
+    acc = summarize(evaluate(meta_params, val_on_device, config.val_tasks))
     if acc["final_accuracy"] > best["val_accuracy"]:
       best.update(val_accuracy=acc["final_accuracy"], step=int(state.step),
                   meta_params=jax.device_get(meta_params))
