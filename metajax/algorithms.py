@@ -36,6 +36,7 @@ class Algorithm:
   remat: bool = False
   batching: str = "vmap"            # see metajax.batching
   task_chunk: int = 1
+  inner_batch: int = 0              # Reptile: support rows per inner step (0: all)
 
   @classmethod
   def named(cls, name: str, *, first_order: bool = False, **fields) -> "Algorithm":
@@ -56,6 +57,7 @@ class Algorithm:
         remat=config.remat,
         batching=config.batching,
         task_chunk=config.task_chunk,
+        inner_batch=config.inner_batch,
     )
 
 
@@ -91,7 +93,8 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     pseudo, loss = reptile_pseudo_grad(
         loss_fn, params, tasks, steps=algo.steps, lr=algo.inner_lr,
         optimizer=algo.inner_optimizer, unroll=algo.unroll,
-        batching=algo.batching, task_chunk=algo.task_chunk)
+        batching=algo.batching, task_chunk=algo.task_chunk,
+        inner_batch=algo.inner_batch)
     return loss, {"params": pseudo, "inner_lr": None}
 
   mask = inner_mask(algo, params)

@@ -40,6 +40,7 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.inner_lr = 0.01             # fixed inner rate (metasgd learns its own)
   c.first_order = False         # True: first-order MAML/Meta-SGD/ANIL
   c.inner_optimizer = "sgd"     # "sgd" or "adam" (Reptile only)
+  c.inner_batch = 0             # support rows per inner step in training; 0 = all
   c.unroll = False              # Python-unrolled inner loop instead of lax.scan
   c.remat = False               # jax.checkpoint each inner step
   c.metasgd_lr_range = (0.005, 0.1)  # Meta-SGD's U[a, b] initial inner rates
@@ -96,6 +97,9 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.inner_lr = 0.4
   c.first_order = False
   c.inner_optimizer = "sgd"
+  # Support images per inner step in meta-training, taken in turn from the
+  # shuffled support set (Reptile's minibatches); 0 = all. Tests use all.
+  c.inner_batch = 0
   c.unroll = False
   c.remat = False
   c.metasgd_lr_range = (0.005, 0.1)
@@ -133,7 +137,7 @@ def base_for(config) -> ml_collections.ConfigDict:
 _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
                   "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
                   "filters", "val_tasks", "eval_batch")
-_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train")
+_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
@@ -196,6 +200,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"inner_optimizer={config.inner_optimizer!r} is only supported "
                       f"for algorithm='reptile' (got algorithm={config.algorithm!r}); "
                       "use 'sgd'")
+  support_rows = (config.k_shot if config.task == "sinusoid" else
+                  config.ways * (config.k_shot_train or config.k_shot))
+  if config.inner_batch > support_rows:
+    raise ConfigError(f"inner_batch={config.inner_batch} exceeds the {support_rows} "
+                      "support rows of a training task; use 0 (all) or fewer")
   if config.task == "sinusoid" and config.batching == "auto":
     raise ConfigError("batching='auto' is for image tasks; the sinusoid uses 'vmap', "
                       "'scan' or 'unroll'")

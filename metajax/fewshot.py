@@ -116,7 +116,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                      metasgd_lr_range=tuple(config.metasgd_lr_range))
   sample = lambda key, images: sample_episodes(
       key, images, meta_batch=config.meta_batch, ways=config.ways,
-      shots=train_shots, queries=config.k_query, mean=mean, std=std)
+      shots=train_shots, queries=config.k_query, mean=mean, std=std,
+      shuffle_support=config.inner_batch > 0)
   meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer)
   evaluate = make_evaluator(config, algo, problem, mean, std)
 

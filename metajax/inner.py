@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -55,6 +56,7 @@ def inner_loop(
     observe: Optional[Callable[[PyTree], Any]] = None,
     unroll: bool = False,
     remat: bool = False,
+    inner_batch: int = 0,
 ):
   """Runs `steps` inner gradient steps; returns (adapted_params, observed).
 
@@ -75,6 +77,10 @@ def inner_loop(
     unroll: unroll the steps in Python instead of `lax.scan`.
     remat: recompute each step's activations in the backward pass
       (`jax.checkpoint`), trading compute for memory in second-order MAML.
+    inner_batch: 0 (default) uses the whole support set at every step; b > 0
+      gives step t the rows t*b ... t*b + b - 1 (mod K) of the support, so
+      successive steps walk through it in minibatches (Reptile's inner loop:
+      shuffle the rows beforehand for random minibatches).
   """
   if steps < 0:
     raise ValueError(f"inner steps must be >= 0, got {steps}")
@@ -102,9 +108,21 @@ def inner_loop(
   adapted0 = [leaves[i] for i in adapt_idx]
   opt_state0 = precond.init(adapted0)
 
-  def step(carry, _):
+  batch_idx_TxB = None
+  if inner_batch:
+    n = jax.tree.leaves(support)[0].shape[0]
+    if inner_batch > n:
+      raise ValueError(f"inner_batch={inner_batch} exceeds the {n} support rows")
+    batch_idx_TxB = (np.arange(steps)[:, None] * inner_batch
+                     + np.arange(inner_batch)[None]) % n
+
+  def step(carry, idx_B):
     adapted, opt_state = carry
-    grads = jax.grad(adapted_loss)(adapted)
+    if idx_B is None:
+      grads = jax.grad(adapted_loss)(adapted)
+    else:  # this step's minibatch of the support set
+      minibatch = jax.tree.map(lambda a: a[idx_B], support)
+      grads = jax.grad(lambda a: loss_fn(merge(a), minibatch))(adapted)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = precond.update(grads, opt_state, adapted)
@@ -117,14 +135,14 @@ def inner_loop(
   carry = (adapted0, opt_state0)
   if unroll or steps == 0:
     seen_list = []
-    for _ in range(steps):
-      carry, seen = step(carry, None)
+    for t in range(steps):
+      carry, seen = step(carry, None if batch_idx_TxB is None else batch_idx_TxB[t])
       seen_list.append(seen)
     observed = None
     if observe is not None and seen_list:
       observed = jax.tree.map(lambda *xs: jnp.stack(xs), *seen_list)
   else:
-    carry, observed = jax.lax.scan(step, carry, None, length=steps)
+    carry, observed = jax.lax.scan(step, carry, batch_idx_TxB, length=steps)
   return merge(carry[0]), observed
 
 
@@ -140,6 +158,7 @@ def adapt(
     optimizer: str = "sgd",
     unroll: bool = False,
     remat: bool = False,
+    inner_batch: int = 0,
 ) -> PyTree:
   """Adapts `params` to one task: `steps` gradient steps on `support`.
 
@@ -151,9 +170,11 @@ def adapt(
   sinusoid benchmark `support = (x_Kx1, y_Kx1)`. To adapt a batch of tasks,
   `jax.vmap` this over the leading axis of `support`.
 
-  See `inner_loop` for `mask` (ANIL), `optimizer` (Reptile), `unroll`, `remat`.
+  See `inner_loop` for `mask` (ANIL), `optimizer` (Reptile), `unroll`, `remat`,
+  `inner_batch` (minibatches of the support set).
   """
   adapted, _ = inner_loop(
       loss_fn, params, support, steps=steps, lr=lr, first_order=first_order,
-      mask=mask, optimizer=optimizer, unroll=unroll, remat=remat)
+      mask=mask, optimizer=optimizer, unroll=unroll, remat=remat,
+      inner_batch=inner_batch)
   return adapted

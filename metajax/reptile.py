@@ -32,6 +32,7 @@ def reptile_pseudo_grad(
     unroll: bool = False,
     batching: str = "vmap",
     task_chunk: int = 1,
+    inner_batch: int = 0,
 ) -> tuple[PyTree, jax.Array]:
   """Returns (theta - mean_i phi_i, mean query loss after adaptation).
 
@@ -40,11 +41,13 @@ def reptile_pseudo_grad(
       meta-batch of B tasks. Adaptation uses the support set; the query loss
       is only reported.
     batching, task_chunk: how the tasks are batched (`metajax.batching`).
+    inner_batch: support rows per inner step (0: all); see `inner_loop`.
   """
 
   def one_task(task):
     phi = adapt(loss_fn, params, task["support"], steps=steps, lr=lr,
-                first_order=True, optimizer=optimizer, unroll=unroll)
+                first_order=True, optimizer=optimizer, unroll=unroll,
+                inner_batch=inner_batch)
     return phi, loss_fn(phi, task["query"])
 
   mean_phi, query_loss = task_mean(one_task, tasks, strategy=batching,

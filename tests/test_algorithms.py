@@ -53,6 +53,42 @@ def test_reptile_update_equals_formula(optimizer):
     np.testing.assert_allclose(new_theta, expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_reptile_inner_minibatches_walk_through_the_support(optimizer):
+  # 7 support rows, minibatches of 3, 4 steps: rows 0-2, 3-5, 6,0,1, 2-4.
+  with jax.enable_x64(True):
+    task_list, tasks = _task_batch(jax.random.PRNGKey(2), 3, n_support=7, dim=2)
+    theta = jax.random.normal(jax.random.PRNGKey(3), (2, 1), jnp.float64)
+    lr, steps = 0.1, 4
+    algo = Algorithm(name="reptile", steps=steps, inner_lr=lr,
+                     inner_optimizer=optimizer, inner_batch=3)
+    loss_fn = lambda p, b: linear_loss(p["w"], b)
+    _, grads = meta_gradient(algo, loss_fn, {"params": {"w": theta}, "inner_lr": None},
+                             tasks)
+    rows = [[0, 1, 2], [3, 4, 5], [6, 0, 1], [2, 3, 4]]
+    phis = []
+    for t in task_list:
+      X, y = map(np.asarray, t["support"])
+      w, nu = np.asarray(theta), 0.0
+      for i, r in enumerate(rows, 1):
+        g = 2 * X[r].T @ (X[r] @ w - y[r]) / 3
+        if optimizer == "sgd":
+          w = w - lr * g
+        else:
+          nu = 0.99 * nu + 0.01 * g * g
+          w = w - lr * g / (np.sqrt(nu / (1 - 0.99 ** i)) + 1e-8)
+      phis.append(w)
+    np.testing.assert_allclose(grads["params"]["w"], np.asarray(theta) - np.mean(phis, 0),
+                               rtol=1e-10)
+
+
+def test_inner_batch_larger_than_support_is_an_error():
+  task = random_task(jax.random.PRNGKey(0), n_support=4)
+  with pytest.raises(ValueError, match="inner_batch=5 exceeds the 4 support rows"):
+    metajax.adapt(tanh_mlp_loss, tanh_mlp_params(jax.random.PRNGKey(1)), task["support"],
+                  steps=2, lr=0.1, inner_batch=5)
+
+
 def test_metasgd_lr_gradient_matches_finite_differences():
   with jax.enable_x64(True):
     params = tanh_mlp_params(jax.random.PRNGKey(2), sizes=(1, 4, 1))

@@ -67,6 +67,24 @@ class EpisodeTest(chex.TestCase):
     # The label of the first class varies: labels are permuted per episode.
     self.assertGreater(len(perms), batch // 2)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_shuffled_support_is_the_same_episode_reordered(self):
+    kw = dict(meta_batch=16, ways=5, shots=4, queries=2)
+    images = jnp.asarray(id_images())
+    plain = sample_episodes(jax.random.PRNGKey(3), images, **kw)
+    mixed = self.variant(lambda key, im: sample_episodes(
+        key, im, shuffle_support=True, **kw))(jax.random.PRNGKey(3), images)
+    np.testing.assert_array_equal(mixed["query"][0], plain["query"][0])
+    cs, is_ = decode(plain["support"][0])
+    ms, mi = decode(mixed["support"][0])
+    moved = 0
+    for b in range(16):
+      before = sorted(zip(cs[b], is_[b], np.asarray(plain["support"][1][b])))
+      after = sorted(zip(ms[b], mi[b], np.asarray(mixed["support"][1][b])))
+      self.assertEqual(before, after)  # same (class, image, label) rows
+      moved += not np.array_equal(cs[b], ms[b])
+    self.assertGreater(moved, 12)  # and in a new order: not grouped by class
+
   def test_every_class_and_image_is_drawn(self):
     tasks = sample_episodes(jax.random.PRNGKey(1), jnp.asarray(id_images()),
                             meta_batch=200, ways=3, shots=1, queries=1)

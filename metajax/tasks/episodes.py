@@ -40,11 +40,13 @@ def to_float(x_uint8, mean=None, std=None):
   return x
 
 
-def sample_episode(key, images_CxMxHxWxc, *, ways: int, shots: int, queries: int):
+def sample_episode(key, images_CxMxHxWxc, *, ways: int, shots: int, queries: int,
+                   shuffle_support: bool = False):
   """One episode: ((x_NKxHxWxc uint8, y_NK), (x_NQxHxWxc uint8, y_NQ)).
 
   Support and query rows are grouped by class (class i's K images, then
-  class i+1's); labels are the permuted class ids.
+  class i+1's); labels are the permuted class ids. `shuffle_support` puts the
+  support rows in random order (for inner minibatches, as Reptile's).
   """
   num_classes, per_class = images_CxMxHxWxc.shape[:2]
   k_cls, k_img, k_lab = jax.random.split(key, 3)
@@ -57,11 +59,15 @@ def sample_episode(key, images_CxMxHxWxc, *, ways: int, shots: int, queries: int
   flat = lambda a: a.reshape((-1,) + a.shape[2:])
   support = (flat(x_NxPxHxWxc[:, :shots]), flat(y_NxP[:, :shots]))
   query = (flat(x_NxPxHxWxc[:, shots:]), flat(y_NxP[:, shots:]))
+  if shuffle_support:  # its own key: the episode itself is unchanged
+    order = jax.random.permutation(jax.random.fold_in(key, 1), ways * shots)
+    support = (support[0][order], support[1][order])
   return support, query
 
 
 def sample_episodes(key, images_CxMxHxWxc, *, meta_batch: int, ways: int,
-                    shots: int, queries: int, mean=None, std=None) -> dict:
+                    shots: int, queries: int, mean=None, std=None,
+                    shuffle_support: bool = False) -> dict:
   """A meta-batch of B episodes as float32 model inputs.
 
   Returns {"support": (x_BxNKxHxWxc, y_BxNK), "query": (x_BxNQxHxWxc, y_BxNQ)},
@@ -69,7 +75,7 @@ def sample_episodes(key, images_CxMxHxWxc, *, meta_batch: int, ways: int,
   """
   check_episode_shape(images_CxMxHxWxc.shape, ways=ways, shots=shots, queries=queries)
   one = lambda k: sample_episode(k, images_CxMxHxWxc, ways=ways, shots=shots,
-                                 queries=queries)
+                                 queries=queries, shuffle_support=shuffle_support)
   (xs, ys), (xq, yq) = jax.vmap(one)(jax.random.split(key, meta_batch))
   return {"support": (to_float(xs, mean, std), ys),
           "query": (to_float(xq, mean, std), yq)}
