@@ -61,8 +61,21 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.eval_query = 100            # query points per evaluation task
   c.eval_seed = 20170309        # same held-out tasks for every run
   c.eval_inner_lr = -1.0        # < 0: use the training inner_lr
+  # Validation during training: MSE after inner_steps at K = k_shot on
+  # val_tasks held-out tasks; ranks checkpoints for "best". 0 = never.
+  c.eval_every = 0
+  c.val_tasks = 100
   c.plots = True
+  add_run_keys(c, checkpoint_every=5000)
   return c
+
+
+def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
+  """Devices, checkpoints and the NaN policy: the same keys for every task."""
+  c.num_devices = 0             # devices the meta-batch is split over; 0 = all
+  c.checkpoint_every = checkpoint_every  # meta-steps between checkpoints; 0 = only at the end
+  c.keep_checkpoints = 3        # newest checkpoints kept (plus the best-validated one)
+  c.on_nan = "stop"             # non-finite loss: "stop" the run, or "skip" that update
 
 
 def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
@@ -123,6 +136,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.eval_seed = 20170309
   c.eval_inner_lr = -1.0
   c.plots = True
+  add_run_keys(c, checkpoint_every=2000)
   return c
 
 
@@ -136,15 +150,16 @@ def base_for(config) -> ml_collections.ConfigDict:
 
 _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
                   "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
-                  "filters", "val_tasks", "eval_batch")
-_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch")
+                  "filters", "val_tasks", "eval_batch", "keep_checkpoints")
+_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch",
+                "num_devices", "checkpoint_every")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
             # per_step BN needs the inner step index in the loss (MAML++), not yet wired.
             "bn": ("transductive", "none"), "conv_impl": CONV_IMPLS,
-            "input_norm": ("unit", "standardize")}
+            "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip")}
 
 
 class ConfigError(ValueError):

@@ -75,3 +75,20 @@ def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:
           "inner_lr": "learned" if (lr is None and algo.learn_inner_lr)
                       else (lr if lr is not None else algo.inner_lr),
           "by_k_shot": results}
+
+
+def make_validator(config, algo: Algorithm, problem):
+  """validate(meta_params) -> {"val_mse", "val_ci95", "score"}: query MSE after
+  `inner_steps` steps at K = k_shot on `val_tasks` held-out tasks (their own
+  key, not the test tasks'); score = -MSE ranks checkpoints."""
+  key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 1_000_000)
+  tasks = problem.sample_tasks(key, meta_batch=config.val_tasks, k_shot=config.k_shot,
+                               k_query=config.eval_query)
+  run = jax.jit(lambda mp: adaptation_losses(
+      algo, problem.loss_fn, mp, tasks, steps=config.inner_steps)[:, -1])
+
+  def validate(meta_params) -> dict:
+    mse, ci = mean_ci95(np.asarray(run(meta_params), np.float64))
+    return {"val_mse": mse, "val_ci95": ci, "score": -mse if np.isfinite(mse) else -np.inf}
+
+  return validate

@@ -15,13 +15,13 @@ import json
 import os
 import time
 
-import flax.serialization
 import jax
 import numpy as np
 
-from metajax import loop
+from metajax import loop, sharding
 from metajax.algorithms import Algorithm
 from metajax.batching import resolve
+from metajax.checkpoint import Checkpoints
 from metajax.evaluate import adaptation_losses, mean_ci95
 from metajax.step import init_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.episodes import channel_stats, check_episode_shape, sample_episodes
@@ -79,15 +79,6 @@ def summarize(acc_BxS: np.ndarray) -> dict:
           "final_accuracy": per_step[-1][0], "final_ci95": per_step[-1][1]}
 
 
-def _save_params(path: str, meta_params) -> None:
-  """msgpack (no pickle), written to a temporary name and renamed: a crash
-  mid-write never leaves a truncated file under `path`."""
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.to_bytes(meta_params))
-  os.replace(tmp, path)
-
-
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   t0 = time.perf_counter()
   train_images = load_images(config, "train")
@@ -111,40 +102,46 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   problem = Problem(ways=config.ways, filters=config.filters,
                     image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv)
   optimizer = make_outer_optimizer(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = init_state(algo, problem.init_params(init_key), optimizer, state_key,
-                     metasgd_lr_range=tuple(config.metasgd_lr_range))
+  state = sharding.replicate(init_state(
+      algo, problem.init_params(init_key), optimizer, state_key,
+      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh)
   sample = lambda key, images: sample_episodes(
       key, images, meta_batch=config.meta_batch, ways=config.ways,
       shots=train_shots, queries=config.k_query, mean=mean, std=std,
       shuffle_support=config.inner_batch > 0)
-  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer)
+  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer, mesh=mesh,
+                             skip_nonfinite=config.on_nan == "skip")
   evaluate = make_evaluator(config, algo, problem, mean, std)
 
-  best = {"val_accuracy": -1.0, "step": None, "meta_params": None}
-  best_path = os.path.join(workdir, "best_params.msgpack")
-
-  val_on_device = None if val_images is None else jax.device_put(val_images)  # copied once, not per validation
+  # Each split goes to the devices once, not at every validation.
+  val_on_device = None if val_images is None else sharding.replicate(val_images, mesh)
 
   def validate(state):
-    meta_params = state.meta_params()
-    acc = summarize(evaluate(meta_params, val_on_device, config.val_tasks))
-    if acc["final_accuracy"] > best["val_accuracy"]:
-      best.update(val_accuracy=acc["final_accuracy"], step=int(state.step),
-                  meta_params=jax.device_get(meta_params))
-      _save_params(best_path, best["meta_params"])
-    return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"]}
+    acc = summarize(evaluate(state.meta_params(), val_on_device, config.val_tasks))
+    return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"],
+            "score": acc["final_accuracy"]}
 
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
+                            keep=config.keep_checkpoints)
   state, stats = loop.run(
-      config, state, meta_step, metrics_path, data=jax.device_put(train_images),
+      config, state, meta_step, workdir, checkpoints,
+      data=sharding.replicate(train_images, mesh),
       on_boundary=validate if config.eval_every else None, progress=progress,
       desc=f"{config.algorithm} {config.task} {config.ways}w{config.k_shot}s")
 
-  final = jax.device_get(state.meta_params())
-  chosen = best["meta_params"] if best["meta_params"] is not None else final
+  # Test the best-validated checkpoint (the final parameters without validation).
+  best_step = checkpoints.best_step()
+  best_val = None
+  if best_step is not None:
+    best_val = checkpoints.metrics(best_step)["score"]
+    state, _ = checkpoints.restore(best_step, state)
+  checkpoints.close()
+  chosen = sharding.host_tree(state.meta_params())
   t0 = time.perf_counter()
-  test = summarize(evaluate(chosen, jax.device_put(test_images), config.eval_tasks))
+  test = summarize(evaluate(chosen, sharding.replicate(test_images, mesh), config.eval_tasks))
   test_s = time.perf_counter() - t0
   result = {
       "metric": "accuracy", "split": "test", "dataset": config.task,
@@ -160,18 +157,18 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
       "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
       **test,
-      "params": "best validation" if best["step"] is not None else "final",
-      "best_step": best["step"],
-      "best_val_accuracy": best["val_accuracy"] if best["step"] is not None else None,
+      "params": "best validation" if best_step is not None else "final",
+      "best_step": best_step, "best_val_accuracy": best_val,
       "val_tasks": config.val_tasks if config.eval_every else 0,
       "iterations": config.num_steps, "seed": config.seed,
-      **stats, "data_load_s": load_s, "test_s": test_s,
+      **stats, "data_load_s": load_s, "test_s": test_s, "devices": mesh.size,
+      "processes": jax.process_count(),
       "backend": jax.default_backend(), "jax_version": jax.__version__,
   }
+  if jax.process_index() != 0:
+    return result
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(result, f, indent=1)
-  if best["step"] is None:
-    _save_params(best_path, final)
   if config.plots:
     from metajax import plots  # matplotlib only when plotting
     plots.plot_curves(os.path.join(workdir, "curves.png"), metrics_path)

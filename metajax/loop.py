@@ -1,44 +1,104 @@
-"""The meta-training loop shared by every task: chunks, logging, NaN stop.
+"""The meta-training loop shared by every task: chunks, logging, validation,
+checkpoints, resume and the NaN policy.
 
 `run(...)` calls the jitted `make_train_chunk` program for `config.num_steps`
-meta-steps, `steps_per_call` at a time, never crossing a logging or
-validation boundary; it writes one metrics.jsonl row per `log_every` steps
-and calls `on_boundary(state)` every `eval_every` steps (if set).
+meta-steps, `steps_per_call` at a time, never crossing a logging, validation
+or checkpoint boundary. It writes one metrics.jsonl row per `log_every`
+steps, calls `on_boundary(state)` every `eval_every` steps (and at the end)
+and saves a checkpoint every `checkpoint_every` steps, at every validation and
+at the end. If the checkpoint directory already holds a run with the same
+config, it resumes from the newest readable checkpoint and the result is
+bitwise the same as an uninterrupted run (tested with SIGKILL).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Callable, Optional
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
+from metajax.checkpoint import Checkpoints, check_resumable
+from metajax.sharding import to_host
 from metajax.step import make_train_chunk
 
+# on_nan="skip" still stops after this many non-finite steps in a row: by
+# then the run has diverged, skipping is not recovering it.
+MAX_CONSECUTIVE_SKIPS = 100
 
-def chunk_sizes(num_steps: int, steps_per_call: int, periods):
-  """(n, at_boundary_step) pairs: chunks that never cross a multiple of any period."""
+
+def chunk_sizes(num_steps: int, steps_per_call: int, periods, start: int = 0):
+  """(n, at_boundary_step) pairs from `start`: chunks that never cross a
+  multiple of any period."""
   periods = [p for p in periods if p]
-  step = 0
+  step = start
   while step < num_steps:
     nxt = min([(step // p + 1) * p for p in periods] + [num_steps, step + steps_per_call])
     yield nxt - step, nxt
     step = nxt
 
 
-def run(config, state, meta_step, metrics_path: str, *, data=None,
-        on_boundary: Optional[Callable] = None, progress: bool = True,
-        desc: str = ""):
-  """Meta-trains from `state`; returns (state, stats).
+def _metrics_rows_until(path: str, step: int) -> list[str]:
+  """The metrics.jsonl lines of steps <= `step` (what a resumed run keeps)."""
+  if not os.path.exists(path):
+    return []
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          keep.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError):
+        break  # a line cut short by a crash: everything after it is redone
+  return keep
 
-  `on_boundary(state) -> dict` runs every `config.eval_every` steps (when the
-  config has that key and it is > 0) and at the end; what it returns is added
-  to that step's metrics row. Raises FloatingPointError naming the first
-  meta-step whose loss is not finite.
+
+def _what_now(config, checkpoints: Checkpoints) -> str:
+  steps = checkpoints.steps()
+  last = (f"the last good checkpoint is meta-step {steps[-1]} in {checkpoints.directory} "
+          "and rerunning the command resumes from it" if steps else "no checkpoint was saved yet")
+  return (f"Training stopped; {last}. Lower the learning rates (inner_lr="
+          f"{config.inner_lr}, outer_lr={config.outer_lr}) or resume with "
+          "--config.on_nan=skip to skip such updates.")
+
+
+def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
+        data=None, on_boundary: Optional[Callable] = None, progress: bool = True,
+        desc: str = ""):
+  """Meta-trains from `state` (or resumes from `checkpoints`); returns (state, stats).
+
+  `state` must already be placed (replicated over the mesh); it is also the
+  template checkpoints are restored into.
+
+  `on_boundary(state) -> dict` runs every `config.eval_every` steps (when > 0)
+  and at the end; what it returns is added to that step's metrics row, and its
+  "score" entry (higher is better) ranks the checkpoint saved there. Raises
+  FloatingPointError naming the first meta-step whose loss is not finite
+  (on_nan="stop"), or the 100th such step in a row (on_nan="skip").
   """
   eval_every = config.get("eval_every", 0) if on_boundary else 0
+  config_dict = config.to_dict()
+  restored = checkpoints.restore_latest(
+      state, check_meta=lambda meta: check_resumable(meta["config"], config_dict,
+                                                     checkpoints.directory))
+  start, prior_wall_s, prior_run_s = 0, 0.0, 0.0
+  if restored is not None:
+    state, meta = restored
+    start = int(to_host(state.step))
+    prior_wall_s, prior_run_s = meta["train_wall_s"], meta["run_s"]
+    if progress:
+      print(f"resuming from the checkpoint of meta-step {start} in {checkpoints.directory}")
+  primary = jax.process_index() == 0
+  if primary:  # after the resume check: a refused resume leaves the workdir as it was
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(config_dict, f, indent=1, default=str)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  kept_rows = _metrics_rows_until(metrics_path, start) if start else []
+
   compiled, compile_s = {}, 0.0
 
   def program(n):
@@ -50,43 +110,74 @@ def run(config, state, meta_step, metrics_path: str, *, data=None,
     return compiled[n]
 
   t_start = time.perf_counter()
-  run_s, pending, extra_s = 0.0, [], 0.0
-  bar = tqdm(total=config.num_steps, disable=not progress, unit="step", desc=desc)
-  with open(metrics_path, "w") as metrics_file:
+  run_s, pending, skipped, in_a_row, extra_s = 0.0, [], 0, 0, 0.0
+
+  def meta(now_s):
+    return {"config": config_dict, "train_wall_s": prior_wall_s + now_s,
+            "run_s": prior_run_s + run_s}
+
+  bar = tqdm(total=config.num_steps, initial=min(start, config.num_steps),
+             disable=not (progress and primary), unit="step", desc=desc)
+  metrics_file = open(metrics_path, "w") if primary else None
+  try:
+    if metrics_file:
+      metrics_file.writelines(kept_rows)
+      metrics_file.flush()
     for n, at in chunk_sizes(config.num_steps, config.steps_per_call,
-                             (config.log_every, eval_every)):
+                             (config.log_every, eval_every, config.checkpoint_every),
+                             start=start):
       fn = program(n)
-      first_step = int(state.step)
+      first_step = int(to_host(state.step))
       t0 = time.perf_counter()
       state, metrics = fn(state, data)
-      loss_T = np.asarray(metrics["loss"])  # blocks: timing and NaN check
+      loss_T = to_host(metrics["loss"])  # blocks: timing and NaN check
       run_s += time.perf_counter() - t0
-      bad = np.flatnonzero(~np.isfinite(loss_T))
-      if bad.size:
+      bad = ~np.isfinite(loss_T)
+      if bad.any() and config.on_nan == "stop":
+        i = int(np.flatnonzero(bad)[0])
         raise FloatingPointError(
-            f"meta-training loss is {loss_T[bad[0]]} at meta-step "
-            f"{first_step + bad[0] + 1} (algorithm={config.algorithm}, "
-            f"inner_lr={config.inner_lr}, outer_lr={config.outer_lr}); "
-            "training stopped, metrics.jsonl holds only finite steps. "
-            "Lower the learning rates.")
-      pending.append(loss_T)
+            f"meta-training loss is {loss_T[i]} at meta-step {first_step + i + 1} "
+            f"(algorithm={config.algorithm}). " + _what_now(config, checkpoints))
+      for i, b in enumerate(bad):
+        in_a_row = in_a_row + 1 if b else 0
+        if in_a_row >= MAX_CONSECUTIVE_SKIPS:
+          raise FloatingPointError(
+              f"meta-steps {first_step + i + 2 - in_a_row} to {first_step + i + 1} all had "
+              f"a non-finite loss and were skipped (on_nan=skip): the run has diverged. "
+              + _what_now(config, checkpoints).replace(
+                  " or resume with --config.on_nan=skip to skip such updates", ""))
+      skipped += int(bad.sum())
+      pending.append(loss_T[~bad])
       bar.update(n)
-      bar.set_postfix(loss=f"{loss_T.mean():.4f}")
+      if (~bad).any():
+        bar.set_postfix(loss=f"{loss_T[~bad].mean():.4f}")
       row = {}
-      if eval_every and (at % eval_every == 0 or at == config.num_steps):
+      at_end = at == config.num_steps
+      if eval_every and (at % eval_every == 0 or at_end):
         t0 = time.perf_counter()
         row.update(on_boundary(state))
         extra_s += time.perf_counter() - t0
-      if at % config.log_every == 0 or at == config.num_steps or row:
+      score = row.pop("score", None)
+      if (at % config.log_every == 0 or at_end or row) and metrics_file:
         losses = np.concatenate(pending)
-        pending = []
-        row = {"step": at, "loss": float(losses.mean()),
-               "loss_last": float(losses[-1]),
-               "steps_per_sec": at / run_s if run_s > 0 else None,
-               "elapsed_s": time.perf_counter() - t_start, **row}
+        row = {"step": at,
+               "loss": float(losses.mean()) if losses.size else None,
+               "loss_last": float(losses[-1]) if losses.size else None,
+               "steps_per_sec": (at - start) / run_s if run_s > 0 else None,
+               "elapsed_s": prior_wall_s + time.perf_counter() - t_start,
+               **({"skipped_steps": skipped} if config.on_nan == "skip" else {}), **row}
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
-  bar.close()
-  return state, {"train_wall_s": time.perf_counter() - t_start,
-                 "compile_s": compile_s, "run_s": run_s, "eval_s": extra_s,
-                 "sec_per_meta_step": run_s / config.num_steps}
+        pending, skipped = [], 0
+      if (config.checkpoint_every and at % config.checkpoint_every == 0) \
+          or at_end or score is not None:
+        checkpoints.save(state, meta(time.perf_counter() - t_start), score=score)
+  finally:
+    bar.close()
+    if metrics_file:
+      metrics_file.close()
+  wall_s = time.perf_counter() - t_start
+  return state, {"train_wall_s": prior_wall_s + wall_s, "compile_s": compile_s,
+                 "run_s": prior_run_s + run_s, "eval_s": extra_s,
+                 "sec_per_meta_step": (prior_run_s + run_s) / config.num_steps,
+                 "resumed_from_step": start if restored is not None else None}

@@ -8,15 +8,17 @@ small models are not bound by Python dispatch; state is donated.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from metajax.algorithms import Algorithm, meta_gradient
 from metajax.inner import LossFn, PyTree
+from metajax.sharding import shard_tasks
 
 
 @flax.struct.dataclass
@@ -63,23 +65,36 @@ def init_state(algo: Algorithm, params: PyTree,
 
 def make_meta_step(algo: Algorithm, loss_fn: LossFn,
                    sample_tasks: Callable[..., dict],
-                   optimizer: optax.GradientTransformation):
+                   optimizer: optax.GradientTransformation, *,
+                   mesh: Optional[Mesh] = None, skip_nonfinite: bool = False):
   """Returns the pure `meta_step(state, key, data=None) -> (state, {"loss": scalar})`.
 
   `sample_tasks(key)` draws the meta-batch, or `sample_tasks(key, data)` when
   the tasks come from a data set held on device (`data`: e.g. the uint8 images
   of a split, passed as an argument so it is not baked into the program).
+  `mesh`: split the meta-batch over its devices (`metajax.sharding`).
+  `skip_nonfinite`: a step whose loss or meta-gradient is not finite leaves
+  params and optimizer state unchanged (the step counter still advances, so
+  the next step draws new tasks); its metrics say `skipped`.
   """
+  gradient = shard_tasks(
+      lambda meta_params, tasks: meta_gradient(algo, loss_fn, meta_params, tasks), mesh)
 
   def meta_step(state: TrainState, key, data=None) -> tuple[TrainState, dict]:
     tasks = sample_tasks(key) if data is None else sample_tasks(key, data)
     meta_params = state.meta_params()
-    loss, grads = meta_gradient(algo, loss_fn, meta_params, tasks)
+    loss, grads = gradient(meta_params, tasks)
     updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
-    meta_params = optax.apply_updates(meta_params, updates)
-    state = state.replace(step=state.step + 1, params=meta_params["params"],
-                          inner_lr=meta_params["inner_lr"], opt_state=opt_state)
-    return state, {"loss": loss}
+    new_params = optax.apply_updates(meta_params, updates)
+    new = state.replace(step=state.step + 1, params=new_params["params"],
+                        inner_lr=new_params["inner_lr"], opt_state=opt_state)
+    if not skip_nonfinite:
+      return new, {"loss": loss}
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda n, o: jnp.where(finite, n, o)
+    new = jax.tree.map(keep, new.replace(step=state.step), state).replace(step=new.step)
+    return new, {"loss": loss, "skipped": ~finite}
 
   return meta_step
 

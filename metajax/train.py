@@ -19,9 +19,10 @@ import sys
 import jax
 
 from metajax import config as config_lib
-from metajax import loop
+from metajax import loop, sharding
 from metajax.algorithms import Algorithm
-from metajax.evaluate import evaluate
+from metajax.checkpoint import Checkpoints
+from metajax.evaluate import evaluate, make_validator
 from metajax.step import init_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.sinusoid import Problem
 
@@ -108,8 +109,6 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   """Meta-trains per `config`, evaluates, writes outputs to `workdir`."""
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
   if config.task != "sinusoid":
     from metajax import fewshot  # loads image data; not needed for the sinusoid
     return fewshot.train_and_evaluate(config, workdir, progress=progress)
@@ -117,35 +116,42 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   algo = Algorithm.from_config(config)
   problem = Problem(config)
   optimizer = make_outer_optimizer(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = init_state(algo, problem.init_params(init_key), optimizer, state_key,
-                     metasgd_lr_range=tuple(config.metasgd_lr_range))
-  meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks,
-                             optimizer)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  state, stats = loop.run(config, state, meta_step, metrics_path, progress=progress,
-                          desc=f"{config.algorithm} K={config.k_shot}")
-  train_wall_s, compile_s = stats["train_wall_s"], stats["compile_s"]
-  run_s = stats["run_s"]
+  state = sharding.replicate(init_state(
+      algo, problem.init_params(init_key), optimizer, state_key,
+      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh)
+  meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks, optimizer,
+                             mesh=mesh, skip_nonfinite=config.on_nan == "skip")
+  validate = make_validator(config, algo, problem) if config.eval_every else None
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
+                            keep=config.keep_checkpoints)
+  state, stats = loop.run(
+      config, state, meta_step, workdir, checkpoints,
+      on_boundary=validate and (lambda s: validate(s.meta_params())),
+      progress=progress, desc=f"{config.algorithm} K={config.k_shot}")
+  checkpoints.close()
 
-  meta_params = state.meta_params()
+  meta_params = sharding.host_tree(state.meta_params())
   result = evaluate(config, algo, problem, meta_params)
   result.update({
       "algorithm": config.algorithm, "first_order": algo.first_order,
       "k_shot_train": config.k_shot, "k_query_train": config.k_query,
       "inner_steps_train": config.inner_steps, "meta_batch": config.meta_batch,
-      "num_steps": config.num_steps, "seed": config.seed,
-      "train_wall_s": train_wall_s, "compile_s": compile_s,
-      "sec_per_meta_step": run_s / config.num_steps,
+      "num_steps": config.num_steps, "seed": config.seed, **stats,
+      "devices": mesh.size, "processes": jax.process_count(),
       "backend": jax.default_backend(), "jax_version": jax.__version__,
   })
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  if config.plots:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(result, f, indent=1)
+  if config.plots and jax.process_index() == 0:
     from metajax import plots  # matplotlib only when plotting
     plots.plot_adaptation(os.path.join(workdir, "adaptation.png"), config, algo,
                           problem, meta_params)
-    plots.plot_curves(os.path.join(workdir, "curves.png"), metrics_path)
+    plots.plot_curves(os.path.join(workdir, "curves.png"),
+                      os.path.join(workdir, "metrics.jsonl"))
   return result
 
 

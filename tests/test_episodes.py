@@ -160,7 +160,7 @@ def test_short_training_beats_chance(tmp_path, synthetic_data, algorithm):
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [row["step"] for row in rows if "val_accuracy" in row] == [60, 120]
   assert r["best_step"] in (60, 120) and r["params"] == "best validation"
-  assert (tmp_path / "best_params.msgpack").exists()
+  assert (tmp_path / "checkpoints").is_dir()
   saved = json.load(open(tmp_path / "eval.json"))
   for key in ("algorithm", "ways", "k_shot", "k_query_train", "eval_query",
               "inner_steps_train", "inner_steps_test", "bn", "iterations", "train_wall_s"):

@@ -1,0 +1,164 @@
+"""Checkpoints with orbax: save, keep the last N and the best, resume.
+
+A checkpoint (WORKDIR/checkpoints/<step>/) holds two items:
+  state  the whole `TrainState` (params, Meta-SGD's learned inner rates,
+         optimizer state, step, PRNG key), saved with orbax's StandardSave
+         (array files + JSON metadata: loading never unpickles, so a
+         checkpoint cannot run code);
+  meta   JSON: the run's config and bookkeeping (wall time so far).
+The task sampler has no state of its own: step t draws its tasks with
+fold_in(state.key, t), so (key, step) is the sampler state.
+
+Saves are synchronous and atomic (orbax writes a temporary directory and
+renames it when complete), so a crash or SIGKILL mid-save leaves the previous
+checkpoint as the latest. Validation saves carry a score (higher is better);
+the preservation policy keeps the last `keep` checkpoints plus the best-scoring
+one. A checkpoint that cannot be read is moved aside to
+WORKDIR/checkpoints.unreadable/ with a message, and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from metajax.config import ConfigError
+from metajax.sharding import to_host
+
+# Keys that may change when a run is resumed: they set how long it runs, what
+# is logged / evaluated / kept, or where data is read from, not what it computes.
+RESUMABLE_KEYS = frozenset({
+    "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
+    "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "val_tasks",
+    "eval_batch", "eval_max_steps", "eval_shots", "eval_query", "eval_inner_lr",
+    "on_nan",
+})
+
+
+def config_diff(saved: dict, now: dict) -> list[str]:
+  """'key: saved -> now' for every key whose value differs (JSON-normalised)."""
+  norm = lambda d: json.loads(json.dumps(d, default=str))
+  saved, now = norm(saved), norm(now)
+  return [f"  {k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+def check_resumable(saved: dict, now: dict, directory: str) -> None:
+  """Raises ConfigError if `now` changes anything but RESUMABLE_KEYS."""
+  changed = [line for line in config_diff(saved, now)
+             if line.split(":")[0].strip() not in RESUMABLE_KEYS]
+  if (saved.get("num_steps") != now.get("num_steps")
+      and now.get("outer_lr_schedule", "constant") != "constant"):
+    changed.append(f"  num_steps: {saved.get('num_steps')!r} -> {now.get('num_steps')!r} "
+                   f"(the {now['outer_lr_schedule']!r} learning-rate schedule is "
+                   "defined by num_steps)")
+  if changed:
+    raise ConfigError(
+        f"{directory} holds a run with a different config; resuming it would change "
+        "what it computes:\n" + "\n".join(changed) + "\nUse a new --workdir, or undo "
+        f"these changes. Keys that may change on resume: {', '.join(sorted(RESUMABLE_KEYS))}")
+
+
+def _not_the_missing_metrics_warning(record) -> bool:
+  # Saves between validations carry no score by design; orbax warns at each.
+  return "did not provide metrics" not in record.getMessage()
+
+
+class Checkpoints:
+  """The checkpoints of one run: `save`, `restore_latest`, `restore_best`."""
+
+  def __init__(self, directory: str, *, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    absl_log = logging.getLogger("absl")
+    if _not_the_missing_metrics_warning not in absl_log.filters:
+      absl_log.addFilter(_not_the_missing_metrics_warning)
+    policy = pp.AnyPreservationPolicy([
+        pp.LatestN(n=keep),
+        pp.BestN(get_metric_fn=lambda m: m["score"], n=1,
+                 keep_checkpoints_without_metrics=False)])
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "meta"),
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=policy, enable_async_checkpointing=False,
+            # best_fn makes orbax store each save's metrics (the policy ranks them).
+            best_fn=lambda m: m["score"], best_mode="max",
+            cleanup_tmp_directories=True, create=True))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, state, meta: dict, score: Optional[float] = None) -> None:
+    """Saves `state` at its step; `score` (higher is better) ranks it for 'best'."""
+    step = int(to_host(state.step))
+    if step in self._manager.all_steps():
+      return  # already saved (e.g. the final step of a resumed, finished run)
+    self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)),
+        metrics=None if score is None else {"score": float(score)})
+    self._manager.wait_until_finished()
+
+  def _restore(self, step: int, template):
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def restore_latest(self, template, check_meta=None) -> Optional[tuple[Any, dict]]:
+    """(state, meta) of the newest readable checkpoint, or None if there is none.
+
+    `template` is a state with the right structure, shapes and shardings.
+    `check_meta(meta)` runs before the arrays are read (e.g. the config check;
+    its errors propagate). An unreadable checkpoint is reported, moved aside,
+    and the previous one tried.
+    """
+    for step in reversed(self.steps()):
+      try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as e:  # orbax raises many types for bad files
+        self._set_aside(step, e)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        return self._restore(step, template)
+      except Exception as e:  # orbax / tensorstore raise many types for bad files
+        self._set_aside(step, e)
+    return None
+
+  def _set_aside(self, step: int, e: Exception) -> None:
+    aside = os.path.join(self.directory + ".unreadable", str(step))
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      shutil.rmtree(aside, ignore_errors=True)
+      shutil.move(os.path.join(self.directory, str(step)), aside)
+    first_line = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    print(f"warning: checkpoint {self.directory}/{step} is unreadable "
+          f"({type(e).__name__}: {first_line}); moved to {aside}; "
+          "trying the previous one", file=sys.stderr)
+    self._manager.reload()
+
+  def best_step(self) -> Optional[int]:
+    scored = [(m["score"], s) for s in self.steps()
+              if (m := self._manager.metrics(s)) is not None and "score" in m]
+    return max(scored)[1] if scored else None
+
+  def metrics(self, step: int) -> Optional[dict]:
+    return self._manager.metrics(step)
+
+  def restore(self, step: int, template) -> tuple[Any, dict]:
+    """(state, meta) of the checkpoint at `step` (`template`: see restore_latest)."""
+    return self._restore(step, template)
+
+  def close(self) -> None:
+    self._manager.close()

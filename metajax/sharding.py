@@ -1,0 +1,104 @@
+"""Data parallelism over tasks: the meta-batch is split across devices.
+
+A `Mesh` with one axis, "tasks", holds every device of every host
+(`jax.devices()`). Parameters, optimizer state and the data split are
+replicated; inside the jitted meta-step the sampled meta-batch is handed to
+`jax.shard_map` with the task axis split over the mesh, each device takes
+the mean (loss, meta-gradient) of its own B/D tasks with the configured
+batching strategy, and `lax.pmean` over "tasks" makes it the mean over all B.
+So a config runs unchanged on 1 CPU, 8 GPUs or a TPU slice, and its numbers
+do not depend on the device count beyond float summation order (tested).
+
+Multi-host: call `jax.distributed.initialize()` first (`python -m
+metajax.train --distributed ...`, see the README); every process then runs the
+same program on the global mesh and XLA does the communication.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from metajax.config import ConfigError
+
+TASK_AXIS = "tasks"
+
+
+class ShardingError(ConfigError):
+  """A meta-batch / device-count combination that cannot be split evenly."""
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D mesh over the first `num_devices` devices (0: all, on every host)."""
+  devices = jax.devices()
+  if num_devices < 0 or num_devices > len(devices):
+    raise ShardingError(f"num_devices={num_devices}: this run sees {len(devices)} "
+                        f"{devices[0].platform} device(s); use 0 (all) or 1..{len(devices)}")
+  if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+    raise ShardingError(f"num_devices={num_devices} with {jax.process_count()} "
+                        "processes: a multi-host run uses all devices (num_devices=0)")
+  return Mesh(np.asarray(devices[:num_devices or len(devices)]), (TASK_AXIS,))
+
+
+def check_divisible(meta_batch: int, mesh: Mesh, task_chunk: int = 1,
+                    batching: str = "vmap") -> None:
+  """Raises ShardingError unless every device gets the same whole number of tasks."""
+  d = mesh.size
+  if meta_batch % d:
+    lo, hi = (meta_batch // d) * d, (meta_batch // d + 1) * d
+    raise ShardingError(
+        f"meta_batch={meta_batch} does not split evenly over {d} devices; use a "
+        f"multiple of {d} (e.g. {lo or hi} or {hi}) or set num_devices to a divisor "
+        f"of {meta_batch}")
+  if batching != "vmap" and (meta_batch // d) % task_chunk:
+    raise ShardingError(
+        f"task_chunk={task_chunk} must divide the {meta_batch // d} tasks each of "
+        f"{d} devices gets (meta_batch={meta_batch}); pick a divisor of {meta_batch // d}")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh: Mesh):
+  """Places host values (numpy or single-device arrays) on every device of `mesh`.
+
+  Every process must pass the same values (they are: same seed, same data).
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def shard_tasks(mean_over_tasks: Callable, mesh: Optional[Mesh]) -> Callable:
+  """Wraps `mean_over_tasks(meta_params, tasks) -> pytree of means` so the tasks'
+  leading axis is split over `mesh` and the per-device means are averaged.
+
+  With `mesh=None` (or one device) the function is returned unchanged.
+  """
+  if mesh is None or mesh.size == 1:
+    return mean_over_tasks
+
+  def per_device(meta_params, tasks):
+    return jax.lax.pmean(mean_over_tasks(meta_params, tasks), TASK_AXIS)
+
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(TASK_AXIS)),
+                       out_specs=P())
+
+
+def to_host(x) -> np.ndarray:
+  """A replicated (or single-device) array as numpy, also on a multi-host mesh."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
+
+
+def host_tree(tree):
+  """`to_host` on every leaf (the multi-host-safe `jax.device_get`)."""
+  return jax.tree.map(to_host, tree)
