@@ -1,0 +1,261 @@
+"""Checkpoints, resume and faults: SIGKILL at a random point and during a
+save, a corrupt latest checkpoint, a changed config, NaN losses, no pickle.
+
+The reference for every resumed run is an uninterrupted run of the same
+length: its final parameters must be bitwise identical.
+"""
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from metajax import config as config_lib
+from metajax import loop
+from metajax.algorithms import Algorithm
+from metajax.checkpoint import Checkpoints
+from metajax.step import init_state, make_meta_step
+from metajax.train import load_config, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, EVERY = 3000, 50
+ARGS = ["--config", os.path.join(ROOT, "experiments", "sine_maml.py"),
+        f"--config.num_steps={STEPS}", "--config.steps_per_call=10",
+        "--config.log_every=100", f"--config.checkpoint_every={EVERY}",
+        "--config.plots=false", "--config.eval_tasks=20", "--config.eval_shots=(5,)",
+        "--config.eval_max_steps=1"]
+ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+
+# Runs the trainer; a watcher thread SIGKILLs the process as soon as the n-th
+# save is in progress (orbax's temporary directory exists).
+KILL_DURING_SAVE = """
+import os, signal, sys, threading
+n, workdir = int(sys.argv[1]), sys.argv[2]
+ckpt = os.path.join(workdir, "checkpoints")
+def watch():
+  seen = set()
+  while True:
+    try:
+      tmp = {name for name in os.listdir(ckpt) if "tmp" in name}
+    except FileNotFoundError:
+      continue
+    seen |= tmp
+    if len(seen) >= n and tmp:
+      os.kill(os.getpid(), signal.SIGKILL)
+threading.Thread(target=watch, daemon=True).start()
+from metajax.train import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _train(workdir, *extra, check=True):
+  p = subprocess.run([sys.executable, "-m", "metajax.train", *ARGS, "--workdir",
+                      str(workdir), *extra], env=ENV, capture_output=True, text=True)
+  if check:
+    assert p.returncode == 0, p.stderr[-3000:]
+  return p
+
+
+def _final_state(workdir, step=STEPS):
+  """The saved TrainState arrays of `step`, read back without a template."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _assert_bitwise_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape
+    assert x.tobytes() == y.tobytes(), "resumed run differs from the uninterrupted one"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run of STEPS meta-steps."""
+  workdir = tmp_path_factory.mktemp("reference")
+  _train(workdir)
+  return workdir
+
+
+def test_sigkill_at_a_random_point_then_resume_is_bitwise_identical(reference, tmp_path):
+  seed = random.randrange(10**6)
+  rng = random.Random(seed)
+  proc = subprocess.Popen([sys.executable, "-m", "metajax.train", *ARGS, "--workdir",
+                           str(tmp_path)], env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = tmp_path / "checkpoints"
+  deadline = time.time() + 120
+  while not (ckpt.is_dir() and any(n.isdigit() for n in os.listdir(ckpt))):
+    assert proc.poll() is None and time.time() < deadline, "training never checkpointed"
+    time.sleep(0.01)
+  time.sleep(rng.uniform(0.0, 1.0))  # somewhere in the remaining run
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, f"run finished before the kill (seed {seed})"
+  assert str(STEPS) not in os.listdir(ckpt), f"run finished before the kill (seed {seed})"
+  p = _train(tmp_path)
+  assert "resuming from the checkpoint of meta-step" in p.stdout
+  _assert_bitwise_equal(_final_state(tmp_path), _final_state(reference))
+  # metrics.jsonl has every logged step exactly once.
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+  assert steps == list(range(100, STEPS + 1, 100)), f"seed {seed}"
+
+
+def test_sigkill_during_a_save_then_resume_is_bitwise_identical(reference, tmp_path):
+  proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "3", str(tmp_path),
+                         *ARGS, "--workdir", str(tmp_path)], env=ENV, capture_output=True)
+  assert proc.returncode == -signal.SIGKILL
+  names = os.listdir(tmp_path / "checkpoints")
+  assert any("tmp" in n for n in names), names  # killed mid-save: a partial save is left
+  p = _train(tmp_path)
+  assert "resuming from the checkpoint of meta-step" in p.stdout
+  assert not any("tmp" in n for n in os.listdir(tmp_path / "checkpoints"))
+  _assert_bitwise_equal(_final_state(tmp_path), _final_state(reference))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
+  import shutil
+  shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+  latest = tmp_path / "checkpoints" / str(STEPS)
+  for root, _, files in os.walk(latest / "state"):
+    for name in files:  # truncate every array / metadata file to half its size
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  p = _train(tmp_path)
+  assert f"checkpoint {tmp_path / 'checkpoints'}/{STEPS} is unreadable" in p.stderr
+  assert f"resuming from the checkpoint of meta-step {STEPS - EVERY}" in p.stdout
+  assert (tmp_path / "checkpoints.unreadable" / str(STEPS)).is_dir()
+  _assert_bitwise_equal(_final_state(tmp_path), _final_state(reference))
+
+
+def test_resume_with_a_changed_config_is_refused_with_a_diff(reference, tmp_path, capsys):
+  import shutil
+  shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+  before = sorted(os.listdir(tmp_path / "checkpoints"))
+  config_json = (tmp_path / "config.json").read_text()
+  rc = main([*ARGS, "--workdir", str(tmp_path), "--config.inner_lr=0.02",
+             "--config.meta_batch=10"])
+  err = capsys.readouterr().err
+  assert rc == 2
+  assert "inner_lr: 0.01 -> 0.02" in err and "meta_batch: 25 -> 10" in err
+  assert "log_every" in err  # names what may change
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+  assert (tmp_path / "config.json").read_text() == config_json
+  # Run-length and logging keys may change: a longer run continues.
+  rc = main([*ARGS, "--workdir", str(tmp_path), f"--config.num_steps={STEPS + 100}",
+             "--config.log_every=50"])
+  assert rc == 0
+  assert str(STEPS + 100) in os.listdir(tmp_path / "checkpoints")
+
+
+def test_schedule_length_may_not_change_on_resume():
+  saved = load_config(os.path.join(ROOT, "experiments", "sine_maml.py")).to_dict()
+  saved["outer_lr_schedule"] = "cosine"
+  now = dict(saved, num_steps=saved["num_steps"] + 1)
+  from metajax.checkpoint import check_resumable
+  with pytest.raises(config_lib.ConfigError, match="'cosine' learning-rate schedule"):
+    check_resumable(saved, now, "DIR")
+
+
+def test_restoring_never_unpickles(reference, monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError("pickle used while loading a checkpoint")
+  monkeypatch.setattr(pickle, "load", refuse)
+  monkeypatch.setattr(pickle, "loads", refuse)
+  monkeypatch.setattr(pickle, "Unpickler", refuse)
+  state = _final_state(reference)
+  assert int(np.asarray(state["step"])) == STEPS
+
+
+# ----------------------------------------------------------------- NaN policy
+def _toy_config(**overrides):
+  c = config_lib.sinusoid_base()
+  c.update(num_steps=200, steps_per_call=10, log_every=20, checkpoint_every=50,
+           **overrides)
+  return c
+
+
+def _counting_step(nan_steps):
+  """A fake meta-step: params += 1; loss is NaN at the (1-based) `nan_steps`."""
+  nan_steps = jnp.asarray(sorted(nan_steps) or [-1])
+
+  def meta_step(state, key, data=None):
+    step = state.step + 1
+    loss = jnp.where(jnp.any(step == nan_steps), jnp.nan, 1.0)
+    return state.replace(step=step, params=state.params + 1.0), {"loss": loss}
+  return meta_step
+
+
+def _toy_state():
+  from metajax.step import TrainState
+  return TrainState(step=jnp.zeros((), jnp.int32), params=jnp.zeros(3), inner_lr=None,
+                    opt_state=(), key=jax.random.PRNGKey(0))
+
+
+def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path / "checkpoints"))
+  with pytest.raises(FloatingPointError) as e:
+    loop.run(_toy_config(), _toy_state(), _counting_step([73]), str(tmp_path),
+             checkpoints, progress=False)
+  msg = str(e.value)
+  assert "loss is nan at meta-step 73" in msg
+  assert "last good checkpoint is meta-step 50" in msg and "on_nan=skip" in msg
+  assert checkpoints.steps() == [50]
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [20, 40, 60]
+
+
+def test_nan_skip_policy_logs_skips_and_stops_a_diverged_run(tmp_path):
+  config = _toy_config(on_nan="skip")
+  state, _ = loop.run(config, _toy_state(), _counting_step([5, 6, 33]),
+                      str(tmp_path / "a"), Checkpoints(str(tmp_path / "a" / "c")),
+                      progress=False)
+  rows = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+  assert [r["skipped_steps"] for r in rows[:3]] == [2, 1, 0]
+  assert int(state.step) == 200
+  with pytest.raises(FloatingPointError, match="meta-steps 41 to 140 all had a non-finite"):
+    loop.run(config, _toy_state(), _counting_step(range(41, 200)), str(tmp_path / "b"),
+             Checkpoints(str(tmp_path / "b" / "c")), progress=False)
+
+
+class SkipNonFiniteTest(chex.TestCase):
+  """make_meta_step(skip_nonfinite=True): a NaN task leaves the state unchanged."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_nan_step_is_skipped_and_finite_step_is_not(self):
+    algo = Algorithm(name="maml", steps=1, inner_lr=0.1)
+    loss_fn = lambda p, b: jnp.mean((b[0] @ p["w"] - b[1]) ** 2)
+    optimizer = optax.adam(0.1)
+
+    def sampler(poison):
+      def sample(key):
+        x = jax.random.normal(key, (4, 6, 2))
+        task = (x, jnp.sum(x, -1, keepdims=True) * (jnp.nan if poison else 1.0))
+        return {"support": task, "query": task}
+      return sample
+
+    state = init_state(algo, {"w": jnp.ones((2, 1))}, optimizer, jax.random.PRNGKey(0))
+    for poison in (True, False):
+      step = self.variant(make_meta_step(algo, loss_fn, sampler(poison), optimizer,
+                                         skip_nonfinite=True))
+      new, metrics = step(state, jax.random.PRNGKey(1))
+      self.assertEqual(int(new.step), 1)
+      self.assertEqual(bool(metrics["skipped"]), poison)
+      same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
+                          (new.params, new.opt_state), (state.params, state.opt_state))
+      self.assertEqual(all(jax.tree.leaves(same)), poison)
