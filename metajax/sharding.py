@@ -86,10 +86,19 @@ def shard_tasks(mean_over_tasks: Callable, mesh: Optional[Mesh]) -> Callable:
     return mean_over_tasks
 
   def per_device(meta_params, tasks):
-    return jax.lax.pmean(mean_over_tasks(meta_params, tasks), TASK_AXIS)
+    # The replicated params become this device's own copy first: otherwise
+    # jax.grad w.r.t. them inside shard_map sums the cotangent over devices,
+    # so an inner (per-task) gradient would include every device's tasks.
+    return jax.lax.pmean(mean_over_tasks(_varying(meta_params), tasks), TASK_AXIS)
 
   return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(TASK_AXIS)),
                        out_specs=P())
+
+
+def _varying(tree):
+  if hasattr(jax.lax, "pcast"):
+    return jax.lax.pcast(tree, TASK_AXIS, to="varying")
+  return jax.lax.pvary(tree, TASK_AXIS)  # older JAX
 
 
 def to_host(x) -> np.ndarray:

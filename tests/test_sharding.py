@@ -1,0 +1,149 @@
+"""The meta-batch split over devices gives the same numbers as one device.
+
+The tests marked `eight` need 8 devices: in a normal run they are collected
+once more by `test_on_8_cpu_devices`, which runs this file in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (8 CPU devices).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from metajax import config as config_lib
+from metajax import sharding
+from metajax.algorithms import Algorithm, meta_gradient
+from metajax.step import init_state, make_meta_step, make_train_chunk
+from metajax.tasks import sinusoid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+eight = pytest.mark.skipif(
+    jax.device_count() < 8,
+    reason="needs 8 devices: runs inside test_on_8_cpu_devices (a subprocess)")
+
+
+def test_on_8_cpu_devices():
+  if jax.device_count() >= 8:
+    pytest.skip("this process already has 8 devices")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=8")
+  p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                      os.path.abspath(__file__), "-k", "not on_8_cpu"],
+                     env=env, cwd=ROOT, capture_output=True, text=True)
+  assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]
+  summary = p.stdout.strip().splitlines()[-1]
+  assert "skipped" not in summary and "passed" in summary, summary
+
+
+def test_indivisible_meta_batch_is_a_clear_error():
+  mesh8 = types.SimpleNamespace(size=8)
+  with pytest.raises(sharding.ShardingError,
+                     match=r"meta_batch=12 does not split evenly over 8 devices; use a "
+                           r"multiple of 8 \(e.g. 8 or 16\)"):
+    sharding.check_divisible(12, mesh8)
+  with pytest.raises(sharding.ShardingError, match="task_chunk=3 must divide the 2 tasks"):
+    sharding.check_divisible(16, mesh8, task_chunk=3, batching="scan")
+  sharding.check_divisible(16, mesh8, task_chunk=2, batching="scan")
+
+
+def test_too_many_devices_is_a_clear_error():
+  n = jax.device_count()
+  with pytest.raises(sharding.ShardingError, match=f"num_devices={n + 1}: this run sees {n}"):
+    sharding.make_mesh(n + 1)
+
+
+def _sine(meta_batch=16):
+  config = config_lib.sinusoid_base()
+  config.meta_batch = meta_batch
+  problem = sinusoid.Problem(config)
+  params = problem.init_params(jax.random.PRNGKey(0))
+  return problem, params
+
+
+def _gradient(algo, loss_fn, meta_params, tasks, mesh):
+  fn = sharding.shard_tasks(lambda mp, t: meta_gradient(algo, loss_fn, mp, t), mesh)
+  return jax.jit(fn)(sharding.replicate(meta_params, mesh), tasks)
+
+
+def _close(a, b, rtol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * 1e-1)
+
+
+@eight
+@pytest.mark.parametrize("name,batching", [
+    ("maml", "vmap"), ("fomaml", "vmap"), ("reptile", "vmap"), ("metasgd", "vmap"),
+    ("anil", "vmap"), ("maml", "scan"), ("reptile", "scan")])
+def test_meta_gradient_same_on_1_and_8_devices(name, batching):
+  problem, params = _sine()
+  tasks = problem.sample_tasks(jax.random.PRNGKey(1))
+  algo = Algorithm.named(name, steps=2, inner_lr=0.01, batching=batching, task_chunk=2)
+  inner_lr = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params) \
+      if algo.learn_inner_lr else None
+  meta_params = {"params": params, "inner_lr": inner_lr}
+  one = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(1))
+  mesh8 = sharding.make_mesh(8)
+  assert mesh8.size == 8
+  eight_ = _gradient(algo, problem.loss_fn, meta_params, tasks, mesh8)
+  _close(one, eight_, 1e-5)
+
+
+@eight
+def test_conv4_meta_gradient_same_on_1_and_8_devices():
+  from metajax.tasks.episodes import sample_episodes
+  from metajax.tasks.fewshot import Problem
+  problem = Problem(ways=3, filters=4, image_shape=(16, 16, 1), conv_impl="xla")
+  images = jax.random.randint(jax.random.PRNGKey(2), (6, 5, 16, 16, 1), 0, 256
+                              ).astype(jnp.uint8)
+  tasks = sample_episodes(jax.random.PRNGKey(3), images, meta_batch=8, ways=3, shots=1,
+                          queries=2)
+  meta_params = {"params": problem.init_params(jax.random.PRNGKey(4)), "inner_lr": None}
+  algo = Algorithm.named("maml", steps=2, inner_lr=0.4)
+  one = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(1))
+  eight_ = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(8))
+  _close(one, eight_, 1e-4)
+
+
+@eight
+def test_20_meta_steps_give_the_same_params_on_1_and_8_devices():
+  problem, _ = _sine()
+  algo = Algorithm.named("maml", steps=1, inner_lr=0.01)
+  optimizer = optax.adam(1e-3)
+  finals = []
+  for mesh in (sharding.make_mesh(1), sharding.make_mesh(8)):
+    params = problem.init_params(jax.random.PRNGKey(0))  # fresh: the state is donated
+    state = sharding.replicate(init_state(algo, params, optimizer, jax.random.PRNGKey(5)),
+                               mesh)
+    step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks, optimizer,
+                          mesh=mesh)
+    state, metrics = make_train_chunk(step, 20)(state)
+    assert int(state.step) == 20 and np.all(np.isfinite(np.asarray(metrics["loss"])))
+    finals.append(sharding.host_tree(state.params))
+  _close(finals[0], finals[1], 1e-4)
+
+
+@eight
+def test_training_cli_uses_all_devices_and_refuses_an_uneven_split(tmp_path, capsys):
+  from metajax.train import main
+  args = ["--config", os.path.join(ROOT, "experiments", "sine_maml.py"),
+          "--config.num_steps=40", "--config.log_every=20", "--config.plots=false",
+          "--config.eval_tasks=20", "--config.eval_shots=(5,)", "--config.meta_batch=24"]
+  assert main([*args, "--workdir", str(tmp_path / "a")]) == 0
+  result = json.load(open(tmp_path / "a" / "eval.json"))
+  assert result["devices"] == 8
+  assert main([*args, "--workdir", str(tmp_path / "b"), "--config.num_devices=1"]) == 0
+  assert json.load(open(tmp_path / "b" / "eval.json"))["devices"] == 1
+  np.testing.assert_allclose(result["by_k_shot"]["5"]["mse"],
+                             json.load(open(tmp_path / "b" / "eval.json"))
+                             ["by_k_shot"]["5"]["mse"], rtol=1e-4)
+  capsys.readouterr()
+  assert main([*args, "--workdir", str(tmp_path / "c"), "--config.meta_batch=25"]) == 2
+  assert "meta_batch=25 does not split evenly over 8 devices" in capsys.readouterr().err
