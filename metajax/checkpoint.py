@@ -27,6 +27,7 @@ import sys
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -162,3 +163,18 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def load_arrays(step_dir: str):
+  """The saved TrainState of one checkpoint (WORKDIR/checkpoints/<step>) as a
+  tree of numpy arrays on this host, whatever devices or hosts saved it. For
+  inspecting and comparing runs; training resumes through `Checkpoints`."""
+  path = os.path.join(os.path.abspath(step_dir), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  tree = checkpointer.metadata(path)
+  tree = getattr(tree, "item_metadata", tree)  # StepMetadata -> tree metadata
+  tree = getattr(tree, "tree", tree)
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), tree)
+  return jax.tree.map(np.asarray, checkpointer.restore(path, abstract))

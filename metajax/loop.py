@@ -31,6 +31,15 @@ from metajax.step import make_train_chunk
 MAX_CONSECUTIVE_SKIPS = 100
 
 
+def rss_mb():
+  """This process's resident memory now (Linux /proc; None elsewhere)."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except (OSError, ValueError, IndexError):
+    return None
+
+
 def chunk_sizes(num_steps: int, steps_per_call: int, periods, start: int = 0):
   """(n, at_boundary_step) pairs from `start`: chunks that never cross a
   multiple of any period."""
@@ -165,6 +174,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
                "loss_last": float(losses[-1]) if losses.size else None,
                "steps_per_sec": (at - start) / run_s if run_s > 0 else None,
                "elapsed_s": prior_wall_s + time.perf_counter() - t_start,
+               "rss_mb": rss_mb(),
                **({"skipped_steps": skipped} if config.on_nan == "skip" else {}), **row}
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()

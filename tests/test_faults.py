@@ -19,13 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from metajax import config as config_lib
 from metajax import loop
 from metajax.algorithms import Algorithm
-from metajax.checkpoint import Checkpoints
+from metajax.checkpoint import Checkpoints, load_arrays
 from metajax.step import init_state, make_meta_step
 from metajax.train import load_config, main
 
@@ -69,9 +68,8 @@ def _train(workdir, *extra, check=True):
 
 
 def _final_state(workdir, step=STEPS):
-  """The saved TrainState arrays of `step`, read back without a template."""
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  return ocp.StandardCheckpointer().restore(path)
+  """The saved TrainState arrays of `step`."""
+  return load_arrays(os.path.join(workdir, "checkpoints", str(step)))
 
 
 def _assert_bitwise_equal(a, b):

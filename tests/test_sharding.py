@@ -147,3 +147,34 @@ def test_training_cli_uses_all_devices_and_refuses_an_uneven_split(tmp_path, cap
   capsys.readouterr()
   assert main([*args, "--workdir", str(tmp_path / "c"), "--config.meta_batch=25"]) == 2
   assert "meta_batch=25 does not split evenly over 8 devices" in capsys.readouterr().err
+
+
+def test_two_processes_give_the_same_params_as_one(tmp_path):
+  """Multi-host on one machine: 2 processes x 4 CPU devices, jax.distributed over
+  localhost (gloo), against one process on one device."""
+  import socket
+  from metajax.checkpoint import load_arrays
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  args = [sys.executable, "-m", "metajax.train", "--config",
+          os.path.join(ROOT, "experiments", "sine_maml.py"), "--config.num_steps=60",
+          "--config.log_every=20", "--config.checkpoint_every=30", "--config.plots=false",
+          "--config.eval_tasks=20", "--config.eval_shots=(5,)", "--config.meta_batch=24"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen(
+      args + ["--workdir", str(tmp_path / "multi"), "--coordinator_address",
+              f"localhost:{port}", "--num_processes", "2", "--process_id", str(i)],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+  single = subprocess.run(args + ["--workdir", str(tmp_path / "single"),
+                                  "--config.num_devices=1"],
+                          env=dict(env, XLA_FLAGS=""), capture_output=True, text=True)
+  assert single.returncode == 0, single.stderr[-2000:]
+  multi = json.load(open(tmp_path / "multi" / "eval.json"))
+  assert (multi["devices"], multi["processes"]) == (8, 2)
+  load = lambda d: load_arrays(str(tmp_path / d / "checkpoints" / "60"))
+  _close(load("multi")["params"], load("single")["params"], 1e-4)
