@@ -19,6 +19,7 @@ import jax
 from metajax.batching import task_mean
 from metajax.inner import LossFn, PyTree
 from metajax.maml import maml_loss
+from metajax.imaml import imaml_task_grad
 from metajax.reptile import reptile_pseudo_grad
 
 
@@ -37,6 +38,9 @@ class Algorithm:
   batching: str = "vmap"            # see metajax.batching
   task_chunk: int = 1
   inner_batch: int = 0              # Reptile: support rows per inner step (0: all)
+  lam: float = 1.0                  # iMAML: proximal strength lambda
+  cg_steps: int = 5                 # iMAML: conjugate-gradient iterations
+  cg_damping: float = 0.0           # iMAML: CG damping
 
   @classmethod
   def named(cls, name: str, *, first_order: bool = False, **fields) -> "Algorithm":
@@ -58,6 +62,9 @@ class Algorithm:
         batching=config.batching,
         task_chunk=config.task_chunk,
         inner_batch=config.inner_batch,
+        lam=float(config.imaml_lam),
+        cg_steps=config.cg_steps,
+        cg_damping=float(config.cg_damping),
     )
 
 
@@ -96,6 +103,13 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
         batching=algo.batching, task_chunk=algo.task_chunk,
         inner_batch=algo.inner_batch)
     return loss, {"params": pseudo, "inner_lr": None}
+
+  if algo.name == "imaml":
+    one = lambda task: imaml_task_grad(
+        loss_fn, params, task, steps=algo.steps, lr=algo.inner_lr, lam=algo.lam,
+        cg_steps=algo.cg_steps, cg_damping=algo.cg_damping)
+    loss, grads = task_mean(one, tasks, strategy=algo.batching, chunk=algo.task_chunk)
+    return loss, {"params": grads, "inner_lr": None}
 
   mask = inner_mask(algo, params)
 

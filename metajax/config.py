@@ -13,7 +13,7 @@ import math
 
 import ml_collections
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "imaml")
 OUTER_OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("sinusoid", "omniglot", "mini_imagenet")
@@ -66,8 +66,16 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.val_tasks = 100
   c.plots = True
+  add_imaml_keys(c)
   add_run_keys(c, checkpoint_every=5000)
   return c
+
+
+def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
+  """iMAML's implicit meta-gradient (used only with algorithm="imaml")."""
+  c.imaml_lam = 1.0             # proximal strength lambda in (lam/2)||phi - theta||^2
+  c.cg_steps = 5                # conjugate-gradient iterations for (I + H/lam)^-1
+  c.cg_damping = 0.0            # CG solves ((1 + damping) I + H/lam) g = grad
 
 
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
@@ -136,6 +144,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.eval_seed = 20170309
   c.eval_inner_lr = -1.0
   c.plots = True
+  add_imaml_keys(c)
   add_run_keys(c, checkpoint_every=2000)
   return c
 
@@ -150,10 +159,10 @@ def base_for(config) -> ml_collections.ConfigDict:
 
 _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
                   "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
-                  "filters", "val_tasks", "eval_batch", "keep_checkpoints")
+                  "filters", "val_tasks", "eval_batch", "keep_checkpoints", "cg_steps")
 _NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch",
                 "num_devices", "checkpoint_every")
-_POSITIVE_FLOATS = ("inner_lr", "outer_lr")
+_POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
@@ -215,6 +224,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"inner_optimizer={config.inner_optimizer!r} is only supported "
                       f"for algorithm='reptile' (got algorithm={config.algorithm!r}); "
                       "use 'sgd'")
+  d = config.cg_damping
+  if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
+    raise ConfigError(f"cg_damping must be a finite number >= 0, got {d!r}")
   support_rows = (config.k_shot if config.task == "sinusoid" else
                   config.ways * (config.k_shot_train or config.k_shot))
   if config.inner_batch > support_rows:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metajax.algorithms import Algorithm, inner_lr, inner_mask
+from metajax.imaml import proximal_loss
 from metajax.inner import inner_loop
 
 
@@ -35,9 +36,12 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   mask = inner_mask(algo, params)
   metric = loss_fn if metric is None else metric
 
+  # iMAML adapts at test time as in training: on the proximal objective.
+  inner_loss = proximal_loss(loss_fn, params, algo.lam) if algo.name == "imaml" else loss_fn
+
   def one_task(task):
     query_metric = lambda p: metric(p, task["query"])
-    _, after_T = inner_loop(loss_fn, params, task["support"], steps=steps,
+    _, after_T = inner_loop(inner_loss, params, task["support"], steps=steps,
                             lr=lr, mask=mask, optimizer=algo.inner_optimizer,
                             observe=query_metric)
     before = query_metric(params)[None]

@@ -142,7 +142,7 @@ class AnilTest(chex.TestCase):
       assert np.max(np.abs(full - grad)) > 1e-4  # differs from adapting everything
 
 
-@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "reptile"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml"])
 def test_vmapped_meta_batch_equals_python_loop(name):
   with jax.enable_x64(True):
     params = tanh_mlp_params(jax.random.PRNGKey(10))
@@ -169,7 +169,7 @@ def test_jit_and_no_jit_meta_gradient_agree():
   chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["maml", "reptile"])
+@pytest.mark.parametrize("name", ["maml", "reptile", "imaml"])
 @pytest.mark.parametrize("strategy,chunk", [("scan", 1), ("scan", 3), ("unroll", 2)])
 def test_batching_strategies_equal_plain_vmap(name, strategy, chunk):
   with jax.enable_x64(True):

@@ -10,7 +10,8 @@ Suites:
   peers       second- and first-order MAML on the three image configs, metajax
               beside the PyTorch peers (needs the `bench` extra)
   steps       time and memory against inner steps 1..20, second vs first order,
-              with and without remat (Omniglot 5w1s, meta-batch 4); writes steps.png
+              with and without remat, and iMAML (implicit gradient, 5 CG steps)
+              (Omniglot 5w1s, meta-batch 4); writes steps.png
   strategies  the task-batching strategies and conv forms on Omniglot 5w1s
               (benchmark episodes, 15 query images per class) and on MAML's
               Omniglot training episodes (1 query image per class)
@@ -49,8 +50,8 @@ def suite_cells(suite: str, peers: bool):
         cells.append({"impl": "metajax", "preset": preset, "algo": algo})
   elif suite == "steps":
     for steps in (1, 2, 5, 10, 20):
-      for algo in ("maml", "fomaml"):
-        for remat in (False, True):
+      for algo in ("maml", "fomaml", "imaml"):
+        for remat in ((False, True) if algo != "imaml" else (False,)):
           cells.append({"impl": "metajax", "preset": "omni_5w1s_mb4", "algo": algo,
                         "steps": steps, "remat": remat})
   elif suite == "strategies":
@@ -129,7 +130,9 @@ def plot_steps(rows, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-  for algo in ("maml", "fomaml"):
+  names = {"maml": "2nd order", "fomaml": "1st order", "imaml": "iMAML"}
+  styles = {"maml": "-", "fomaml": "--", "imaml": ":"}
+  for algo in ("maml", "fomaml", "imaml"):
     for remat in (False, True):
       pts = sorted((r["steps"], r["median_s"], r.get("xla_temp_mb") or 0,
                     r["peak_rss_mb"]) for r in rows
@@ -137,8 +140,8 @@ def plot_steps(rows, path):
                    and bool(r.get("remat")) == remat)
       if not pts:
         continue
-      label = f"{'2nd' if algo == 'maml' else '1st'} order{' + remat' if remat else ''}"
-      style = "-" if algo == "maml" else "--"
+      label = f"{names[algo]}{' + remat' if remat else ''}"
+      style = styles[algo]
       marker = "o" if not remat else "s"
       ax_t.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, label=label)
       ax_m.plot([p[0] for p in pts], [p[2] for p in pts], style, marker=marker, label=label)
@@ -162,6 +165,7 @@ def main(argv=None):
   ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
   ap.add_argument("--table", metavar="JSONL", help="print the table of an earlier run")
   ap.add_argument("--preset", help="run only the suite's cells of this preset")
+  ap.add_argument("--algo", help="run only the suite's cells of this algorithm (comma list)")
   ap.add_argument("--cell", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
 
@@ -185,7 +189,12 @@ def main(argv=None):
     cells = [c for c in cells if c["preset"] == args.preset]
     if not cells:
       raise SystemExit(f"suite {args.suite!r} has no cells of preset {args.preset!r}")
-  name = args.suite + (f"_{args.preset}" if args.preset else "")
+  if args.algo:
+    cells = [c for c in cells if c["algo"] in args.algo.split(",")]
+    if not cells:
+      raise SystemExit(f"suite {args.suite!r} has no cells of algorithm {args.algo!r}")
+  name = args.suite + (f"_{args.preset}" if args.preset else "") + (
+      f"_{args.algo.replace(',', '-')}" if args.algo else "")
   path = os.path.join(args.out, f"{name}.jsonl")
   rows = []
   with open(path, "w") as f:

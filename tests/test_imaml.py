@@ -1,0 +1,88 @@
+"""iMAML: the implicit meta-gradient against a closed form and against
+differentiating through many unrolled steps of the proximal inner problem."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from metajax.imaml import conjugate_gradient, imaml_task_grad
+from metajax.inner import inner_loop
+from helpers import random_task, tanh_mlp_loss, tanh_mlp_params
+
+
+def test_conjugate_gradient_solves_an_spd_system():
+  with jax.enable_x64(True):
+    rng = np.random.RandomState(0)
+    m = rng.randn(6, 6)
+    a = m @ m.T + 0.5 * np.eye(6)
+    b = rng.randn(6)
+    x = conjugate_gradient(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), steps=6)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8)
+    np.testing.assert_array_equal(
+        conjugate_gradient(lambda v: jnp.asarray(a) @ v, jnp.zeros(6), steps=3), np.zeros(6))
+
+
+class QuadraticTest(chex.TestCase):
+  """L_support = 1/2 (phi - a)^T A (phi - a), L_query = 1/2 ||B phi - c||^2:
+  phi* = (A + lam I)^-1 (A a + lam theta), d phi*/d theta = lam (A + lam I)^-1."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_implicit_gradient_equals_the_closed_form(self):
+    with jax.enable_x64(True):
+      rng = np.random.RandomState(1)
+      d, lam = 4, 1.5
+      m = rng.randn(d, d)
+      A = m @ m.T / d + 0.5 * np.eye(d)
+      a, B, c, theta = rng.randn(d), rng.randn(3, d), rng.randn(3), rng.randn(d)
+      support_loss = lambda p, batch: 0.5 * (p["w"] - batch) @ jnp.asarray(A) @ (p["w"] - batch)
+      query_loss = lambda p, batch: 0.5 * jnp.sum((jnp.asarray(B) @ p["w"] - batch) ** 2)
+      # One loss_fn for both sets: the batch says which.
+      loss_fn = lambda p, batch: (query_loss(p, batch[0][:3]) if batch[1]
+                                  else support_loss(p, batch[0]))
+      task = {"support": (jnp.asarray(a), False),
+              "query": (jnp.concatenate([jnp.asarray(c), jnp.zeros(d - 3)]), True)}
+      grad_fn = self.variant(lambda th: imaml_task_grad(
+          loss_fn, {"w": th}, task, steps=3000, lr=0.05, lam=lam, cg_steps=d))
+      loss, grad = grad_fn(jnp.asarray(theta))
+      phi_star = np.linalg.solve(A + lam * np.eye(d), A @ a + lam * theta)
+      expected = lam * np.linalg.solve(A + lam * np.eye(d), B.T @ (B @ phi_star - c))
+      np.testing.assert_allclose(loss, 0.5 * np.sum((B @ phi_star - c) ** 2), rtol=1e-9)
+      np.testing.assert_allclose(grad["w"], expected, rtol=1e-8)
+
+
+def test_converges_to_the_unrolled_gradient_of_the_proximal_solution():
+  """On a tanh MLP: differentiating through 400 unrolled inner steps (theta in
+  the start point and in the proximal term) gives d L_query(phi*) / d theta;
+  iMAML's CG estimate approaches it as cg_steps grows."""
+  with jax.enable_x64(True):
+    params = tanh_mlp_params(jax.random.PRNGKey(0), sizes=(1, 6, 1))
+    task = random_task(jax.random.PRNGKey(1), n_support=8, n_query=9)
+    lam, lr, steps = 2.0, 0.1, 400
+
+    def unrolled(theta):
+      prox = lambda phi, batch: tanh_mlp_loss(phi, batch) + 0.5 * lam * sum(
+          jnp.sum((x - t) ** 2) for x, t in zip(jax.tree.leaves(phi), jax.tree.leaves(theta)))
+      phi, _ = inner_loop(prox, theta, task["support"], steps=steps, lr=lr)
+      return tanh_mlp_loss(phi, task["query"])
+
+    exact = ravel_pytree(jax.grad(unrolled)(params))[0]
+    errors = []
+    for cg_steps in (1, 3, 10, 30):
+      _, g = jax.jit(lambda p, n=cg_steps: imaml_task_grad(
+          tanh_mlp_loss, p, task, steps=steps, lr=lr, lam=lam, cg_steps=n))(params)
+      errors.append(float(np.linalg.norm(ravel_pytree(g)[0] - exact)
+                          / np.linalg.norm(exact)))
+    assert errors[-1] < 1e-6, errors
+    assert errors[0] > 100 * errors[-1], errors
+    assert all(e1 >= e2 * 0.999 for e1, e2 in zip(errors, errors[1:])), errors
+
+
+def test_damping_shrinks_the_gradient_toward_zero():
+  task = random_task(jax.random.PRNGKey(2), dtype=jnp.float32)
+  params = tanh_mlp_params(jax.random.PRNGKey(3), dtype=jnp.float32)
+  norms = [float(np.linalg.norm(ravel_pytree(imaml_task_grad(
+      tanh_mlp_loss, params, task, steps=5, lr=0.1, lam=1.0, cg_steps=10,
+      cg_damping=damping)[1])[0])) for damping in (0.0, 1.0, 100.0)]
+  assert norms[0] > norms[1] > norms[2] > 0, norms
