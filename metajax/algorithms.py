@@ -1,12 +1,14 @@
-"""The five algorithms as one meta-gradient function over a meta-batch.
+"""The algorithms as one meta-gradient function over a meta-batch.
 
   maml     exact second-order MAML          grad of mean_i maml_loss
   fomaml   first-order MAML                 same, first_order=True
   metasgd  Meta-SGD: learned per-parameter inner rates, differentiated jointly
   anil     ANIL: only the "head" adapts in the inner loop
   reptile  pseudo-gradient theta - mean_i phi_i
+  imaml    implicit gradient of the proximal inner solution (metajax.imaml)
+  protonet prototypical networks: no inner loop (metajax.protonet)
 
-All of them run the single inner loop in `metajax.inner`.
+All that adapt run the single inner loop in `metajax.inner`.
 """
 
 from __future__ import annotations
@@ -103,6 +105,13 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
         batching=algo.batching, task_chunk=algo.task_chunk,
         inner_batch=algo.inner_batch)
     return loss, {"params": pseudo, "inner_lr": None}
+
+  if algo.name == "protonet":
+    # No inner loop: `loss_fn(params, task)` is the episode loss
+    # (metajax.protonet.episode_loss with the embedding bound).
+    one = lambda task: jax.value_and_grad(loss_fn)(params, task)
+    loss, grads = task_mean(one, tasks, strategy=algo.batching, chunk=algo.task_chunk)
+    return loss, {"params": grads, "inner_lr": None}
 
   if algo.name == "imaml":
     one = lambda task: imaml_task_grad(

@@ -13,7 +13,7 @@ import math
 
 import ml_collections
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "imaml")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "imaml", "protonet")
 OUTER_OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("sinusoid", "omniglot", "mini_imagenet")
@@ -109,6 +109,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.k_shot = 1                  # support images per class
   c.k_query = 1                 # query images per class in meta-training
   c.k_shot_train = 0            # support images per class in meta-training; 0 = k_shot
+  c.ways_train = 0              # classes per training episode (ProtoNet only); 0 = ways
   # Model: conv-4 (metajax.models.Conv4).
   c.filters = 64
   c.bn = "transductive"         # one of BN_MODES
@@ -160,7 +161,7 @@ def base_for(config) -> ml_collections.ConfigDict:
 _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch", "num_steps",
                   "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
                   "filters", "val_tasks", "eval_batch", "keep_checkpoints", "cg_steps")
-_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch",
+_NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch", "ways_train",
                 "num_devices", "checkpoint_every")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
@@ -228,10 +229,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
     raise ConfigError(f"cg_damping must be a finite number >= 0, got {d!r}")
   support_rows = (config.k_shot if config.task == "sinusoid" else
-                  config.ways * (config.k_shot_train or config.k_shot))
+                  (config.ways_train or config.ways) * (config.k_shot_train or config.k_shot))
   if config.inner_batch > support_rows:
     raise ConfigError(f"inner_batch={config.inner_batch} exceeds the {support_rows} "
                       "support rows of a training task; use 0 (all) or fewer")
+  if config.get("ways_train", 0) and config.algorithm != "protonet":
+    raise ConfigError(f"ways_train={config.ways_train} needs algorithm='protonet' (a "
+                      f"{config.ways}-way head is trained for {config.algorithm!r}); use 0")
+  if config.algorithm == "protonet" and config.task == "sinusoid":
+    raise ConfigError("algorithm='protonet' classifies images: use task='omniglot' or "
+                      "'mini_imagenet' (fewshot_base), not the sinusoid")
   if config.task == "sinusoid" and config.batching == "auto":
     raise ConfigError("batching='auto' is for image tasks; the sinusoid uses 'vmap', "
                       "'scan' or 'unroll'")

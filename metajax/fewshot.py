@@ -11,6 +11,7 @@ inner steps, as mean accuracy with its 95% CI.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.checkpoint import Checkpoints
 from metajax.evaluate import adaptation_losses, mean_ci95
+from metajax.protonet import episode_accuracy, episode_loss
 from metajax.step import init_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.episodes import channel_stats, check_episode_shape, sample_episodes
 from metajax.tasks.fewshot import Problem
@@ -61,6 +63,11 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
     tasks = sample_episodes(key, images, meta_batch=config.eval_batch, ways=config.ways,
                             shots=config.k_shot, queries=config.eval_query,
                             mean=mean, std=std)
+    if algo.name == "protonet":  # no adaptation: one column, "0 steps"
+      acc = lambda task: episode_accuracy(problem.embed, meta_params["params"], task,
+                                          config.ways)
+      per_task = jax.vmap(acc) if algo.batching == "vmap" else partial(jax.lax.map, acc)
+      return per_task(tasks)[:, None]
     return adaptation_losses(algo, problem.loss_fn, meta_params, tasks,
                              steps=config.eval_max_steps, lr=lr, metric=problem.accuracy)
 
@@ -86,12 +93,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   val_images = load_images(config, "validation") if config.eval_every else None
   load_s = time.perf_counter() - t0
   train_shots = config.k_shot_train or config.k_shot
-  for split, images, shots, queries in (
-      ("train split", train_images, train_shots, config.k_query),
-      ("validation split", val_images, config.k_shot, config.eval_query),
-      ("test split", test_images, config.k_shot, config.eval_query)):
+  train_ways = config.ways_train or config.ways
+  for split, images, shots, queries, ways in (
+      ("train split", train_images, train_shots, config.k_query, train_ways),
+      ("validation split", val_images, config.k_shot, config.eval_query, config.ways),
+      ("test split", test_images, config.k_shot, config.eval_query, config.ways)):
     if images is not None:
-      check_episode_shape(images.shape, ways=config.ways, shots=shots,
+      check_episode_shape(images.shape, ways=ways, shots=shots,
                           queries=queries, split=split)
   mean, std = (None, None)
   if config.input_norm == "standardize":
@@ -99,7 +107,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
 
   algo = algorithm(config)
   _, _, conv = _resolve(config)
-  problem = Problem(ways=config.ways, filters=config.filters,
+  protonet = config.algorithm == "protonet"
+  problem = Problem(ways=config.ways, filters=config.filters, head=not protonet,
                     image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv)
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
@@ -109,10 +118,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       algo, problem.init_params(init_key), optimizer, state_key,
       metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh)
   sample = lambda key, images: sample_episodes(
-      key, images, meta_batch=config.meta_batch, ways=config.ways,
+      key, images, meta_batch=config.meta_batch, ways=train_ways,
       shots=train_shots, queries=config.k_query, mean=mean, std=std,
       shuffle_support=config.inner_batch > 0)
-  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer, mesh=mesh,
+  loss_fn = problem.loss_fn
+  if protonet:  # ProtoNet's "loss_fn" is the episode loss (metajax.algorithms)
+    loss_fn = lambda params, task: episode_loss(problem.embed, params, task, train_ways)
+  meta_step = make_meta_step(algo, loss_fn, sample, optimizer, mesh=mesh,
                              skip_nonfinite=config.on_nan == "skip")
   evaluate = make_evaluator(config, algo, problem, mean, std)
 
@@ -143,14 +155,15 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   t0 = time.perf_counter()
   test = summarize(evaluate(chosen, sharding.replicate(test_images, mesh), config.eval_tasks))
   test_s = time.perf_counter() - t0
+  test_steps = 0 if protonet else config.eval_max_steps
   result = {
       "metric": "accuracy", "split": "test", "dataset": config.task,
       "dataset_config": config.dataset_config, "algorithm": config.algorithm,
       "first_order": algo.first_order, "ways": config.ways, "k_shot": config.k_shot,
-      "k_shot_train": train_shots, "k_query_train": config.k_query,
+      "k_shot_train": train_shots, "k_query_train": config.k_query, "ways_train": train_ways,
       "eval_query": config.eval_query,
       "inner_steps_train": config.inner_steps,
-      "inner_steps_test": config.eval_max_steps, "steps": list(range(config.eval_max_steps + 1)),
+      "inner_steps_test": test_steps, "steps": list(range(test_steps + 1)),
       "inner_lr": "learned" if algo.learn_inner_lr else (
           algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
       "bn": config.bn, "filters": config.filters, "input_norm": config.input_norm,

@@ -195,6 +195,7 @@ class Conv4(nn.Module):
   bn: str = "transductive"
   bn_steps: int = 1
   conv_impl: str = "xla"
+  head: bool = True             # False: return the flattened features (ProtoNet)
 
   @nn.compact
   def __call__(self, x_NxHxWxC, step=0):
@@ -202,4 +203,7 @@ class Conv4(nn.Module):
     for i in range(4):
       h = ConvBlock(self.filters, self.bn, self.bn_steps, self.conv_impl,
                     name=f"block_{i}")(h, step)
-    return nn.Dense(self.ways, name="head")(h.reshape(h.shape[0], -1))
+    features_NxD = h.reshape(h.shape[0], -1)
+    if not self.head:
+      return features_NxD
+    return nn.Dense(self.ways, name="head")(features_NxD)

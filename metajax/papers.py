@@ -9,7 +9,8 @@ are in docs/RESULTS.md.
 Sources: MAML and first-order MAML, Finn et al. 2017 (Table 1 and sec. 5.2);
 Meta-SGD, Li et al. 2017 (Tables 2-3); Reptile, Nichol et al. 2018 (Tables 1-2,
 transductive; hyperparameters from its appendix); ANIL, Raghu et al. 2020
-(Table 2).
+(Table 2); ProtoNet, Snell et al. 2017 (Tables 1-2, Euclidean distance; Omniglot
+reported without a CI).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from metajax.config import ConfigError, fewshot_base
 CELLS = (("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1),
          ("omniglot", 20, 5), ("mini_imagenet", 5, 1), ("mini_imagenet", 5, 5))
 
-# (algorithm, dataset, ways, shots) -> (accuracy %, 95% CI %); None: not reported.
+# (algorithm, dataset, ways, shots) -> (accuracy %, 95% CI %); None: not reported;
+# a CI of None: the paper gives none.
 PUBLISHED = {
     ("maml", "omniglot", 5, 1): (98.7, 0.4), ("maml", "omniglot", 5, 5): (99.9, 0.1),
     ("maml", "omniglot", 20, 1): (95.8, 0.3), ("maml", "omniglot", 20, 5): (98.9, 0.2),
@@ -43,7 +45,19 @@ PUBLISHED = {
     ("anil", "omniglot", 20, 1): (96.2, 0.5), ("anil", "omniglot", 20, 5): (98.0, 0.3),
     ("anil", "mini_imagenet", 5, 1): (46.7, 0.4),
     ("anil", "mini_imagenet", 5, 5): (61.5, 0.5),
+    ("protonet", "omniglot", 5, 1): (98.8, None), ("protonet", "omniglot", 5, 5): (99.7, None),
+    ("protonet", "omniglot", 20, 1): (96.0, None),
+    ("protonet", "omniglot", 20, 5): (98.9, None),
+    ("protonet", "mini_imagenet", 5, 1): (49.42, 0.78),
+    ("protonet", "mini_imagenet", 5, 5): (68.20, 0.66),
 }
+
+
+def format_published(paper) -> str:
+  """'98.7 ± 0.4', '98.8' (no CI given) or 'not reported'."""
+  if paper is None:
+    return "not reported"
+  return f"{paper[0]}" if paper[1] is None else f"{paper[0]} ± {paper[1]}"
 
 
 def _maml_settings(dataset: str, ways: int, shots: int) -> dict:
@@ -80,6 +94,19 @@ def _reptile_settings(dataset: str, ways: int, shots: int) -> dict:
               filters=32)
 
 
+def _protonet_settings(dataset: str, ways: int, shots: int) -> dict:
+  """Snell et al. 2017: one episode per step, trained with more ways than tested
+  (Omniglot 60-way, 5 query images; mini-ImageNet 30-way 1-shot / 20-way 5-shot,
+  15 query images), Adam 1e-3. The paper halves the rate every 2000 episodes and
+  stops on validation; here: constant rate, 20k episodes, best validation kept."""
+  if dataset == "omniglot":
+    return dict(algorithm="protonet", ways_train=60, k_query=5, meta_batch=1,
+                outer_lr=1e-3, num_steps=20_000, eval_max_steps=0, filters=64)
+  return dict(algorithm="protonet", ways_train=30 if shots == 1 else 20, k_query=15,
+              meta_batch=1, outer_lr=1e-3, num_steps=20_000, eval_max_steps=0,
+              filters=64)
+
+
 def paper_config(algorithm: str, dataset: str, ways: int, shots: int):
   """fewshot_base(dataset) with the published hyperparameters of that cell."""
   if (algorithm, dataset, ways, shots) not in PUBLISHED:
@@ -91,6 +118,8 @@ def paper_config(algorithm: str, dataset: str, ways: int, shots: int):
   config.ways, config.k_shot = ways, shots
   if algorithm == "reptile":
     config.update(_reptile_settings(dataset, ways, shots))
+  elif algorithm == "protonet":
+    config.update(_protonet_settings(dataset, ways, shots))
   else:
     config.update(_maml_settings(dataset, ways, shots))
   if algorithm == "metasgd":

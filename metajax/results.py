@@ -42,7 +42,7 @@ def sinusoid_table(root: str) -> str:
 def fewshot_table(root: str) -> str:
   """Test accuracy of every few-shot run under `root`, beside the published
   number of its cell (metajax.papers; labelled "paper")."""
-  from metajax.papers import PUBLISHED
+  from metajax.papers import PUBLISHED, format_published
   rows = []
   for path in sorted(glob.glob(os.path.join(root, "*", "eval.json"))):
     with open(path) as f:
@@ -57,7 +57,7 @@ def fewshot_table(root: str) -> str:
         e["inner_steps_test"], e["iterations"],
         "-" if e["best_step"] is None else e["best_step"],
         f"{e['sec_per_meta_step']:.3f}", f"{e['train_wall_s'] / 60:.0f}",
-        "not reported" if paper is None else f"{paper[0]} ± {paper[1]}"))
+        format_published(paper)))
   out = ["| algorithm | data set | cell | run | ours: test accuracy % ± 95% CI | "
          "test steps | meta-steps | best val step | s / meta-step | train min | "
          "**paper** % |",

@@ -17,7 +17,7 @@ FILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "omniglot_*.py")) +
 
 def test_one_file_per_table_cell():
   names = {os.path.basename(f) for f in FILES}
-  for algo in ("maml", "fomaml", "reptile", "metasgd", "anil"):
+  for algo in ("maml", "fomaml", "reptile", "metasgd", "anil", "protonet"):
     for dataset, ways, shots in papers.CELLS:
       short = "omniglot" if dataset == "omniglot" else "mini"
       assert f"{short}_{ways}w{shots}s_{algo}.py" in names
@@ -34,8 +34,6 @@ def test_experiment_file(path):
   assert f"python -m metajax.train --config experiments/{os.path.basename(path)}" in text
   published = papers.PUBLISHED[(algo, config.task, ways, shots)]
   paper_line = re.search(r"^Paper: (.*)$", text, re.M).group(1)
-  if published is None:
-    assert paper_line.startswith("not reported")
-  else:
-    assert paper_line.startswith(f"{published[0]} ± {published[1]} %")
+  assert paper_line.startswith(papers.format_published(published) + (
+      "" if published is None else " %"))
   assert re.search(r"^Ours: ", text, re.M)

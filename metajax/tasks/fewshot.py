@@ -33,13 +33,17 @@ class Problem:
   """Conv-4 classification of one episode's batch (x_NxHxWxC, labels_N)."""
 
   def __init__(self, *, ways, filters, image_shape, bn="transductive",
-               conv_impl="xla", bn_steps=1):
+               conv_impl="xla", bn_steps=1, head=True):
     self.image_shape = tuple(image_shape)
     self.model = Conv4(ways=ways, filters=filters, bn=bn, conv_impl=conv_impl,
-                       bn_steps=bn_steps)
+                       bn_steps=bn_steps, head=head)
 
   def init_params(self, key):
     return self.model.init(key, jnp.zeros((2,) + self.image_shape))["params"]
+
+  def embed(self, params, x_NxHxWxC):
+    """Features_NxD of a head-less model (`head=False`: ProtoNet's embedding)."""
+    return self.model.apply({"params": params}, x_NxHxWxC)
 
   def logits(self, params, x_NxHxWxC):
     return self.model.apply({"params": params}, x_NxHxWxC)

@@ -1,0 +1,18 @@
+r"""Prototypical networks (the non-gradient baseline) on Omniglot 5-way 5-shot.
+
+Command (prepare the data once first: see docs/DATA.md):
+  python -m metajax.train --config experiments/omniglot_5w5s_protonet.py --workdir runs/omniglot_5w5s_protonet
+
+Paper: 99.7 % (Snell et al. 2017, Table 1, Euclidean distance; trained 60-way).
+Ours: not measured yet (docs/RESULTS.md lists what has been run).
+"""
+
+from metajax.papers import paper_config
+
+
+def get_config():
+  config = paper_config("protonet", "omniglot", ways=5, shots=5)
+  # The published settings it sets (edit any of them here):
+  #   ways_train=60, k_query=5, meta_batch=1, outer_lr=0.001, num_steps=20000,
+  #   eval_max_steps=0, filters=64
+  return config
