@@ -38,10 +38,12 @@ from metajax.sharding import to_host
 # is logged / evaluated / kept, or where data is read from, not what it computes.
 RESUMABLE_KEYS = frozenset({
     "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
-    "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "val_tasks",
-    "eval_batch", "eval_max_steps", "eval_shots", "eval_query", "eval_inner_lr",
+    "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "eval_shots",
     "on_nan",
 })
+# Not resumable although they only evaluate: val_tasks, eval_batch (which
+# episodes), eval_max_steps, eval_inner_lr, eval_query set the validation score
+# that ranks checkpoints, and scores of two protocols cannot be compared.
 
 
 def config_diff(saved: dict, now: dict) -> list[str]:
@@ -122,10 +124,13 @@ class Checkpoints:
     its errors propagate). An unreadable checkpoint is reported, moved aside,
     and the previous one tried.
     """
-    for step in reversed(self.steps()):
+    tried = self.steps()
+    for step in reversed(tried):
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
+      except MemoryError:
+        raise
       except Exception as e:  # orbax raises many types for bad files
         self._set_aside(step, e)
         continue
@@ -133,8 +138,15 @@ class Checkpoints:
         check_meta(meta)
       try:
         return self._restore(step, template)
+      except MemoryError:
+        raise
       except Exception as e:  # orbax / tensorstore raise many types for bad files
         self._set_aside(step, e)
+    if tried:  # never silently restart a run whose every checkpoint failed
+      raise ConfigError(
+          f"none of the checkpoints {tried} in {self.directory} could be read (each is "
+          f"now in {self.directory}.unreadable/, with the error printed above); fix the "
+          "cause and move them back, or use a new --workdir")
     return None
 
   def _set_aside(self, step: int, e: Exception) -> None:

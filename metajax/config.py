@@ -228,6 +228,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   d = config.cg_damping
   if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
     raise ConfigError(f"cg_damping must be a finite number >= 0, got {d!r}")
+  if config.inner_batch and config.algorithm != "reptile":
+    raise ConfigError(f"inner_batch={config.inner_batch} is Reptile's inner minibatch size; "
+                      f"algorithm={config.algorithm!r} adapts on the whole support set: use 0")
   support_rows = (config.k_shot if config.task == "sinusoid" else
                   (config.ways_train or config.ways) * (config.k_shot_train or config.k_shot))
   if config.inner_batch > support_rows:

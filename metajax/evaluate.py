@@ -13,6 +13,7 @@ import numpy as np
 from metajax.algorithms import Algorithm, inner_lr, inner_mask
 from metajax.imaml import proximal_loss
 from metajax.inner import inner_loop
+from metajax.sharding import to_host
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -92,7 +93,7 @@ def make_validator(config, algo: Algorithm, problem):
       algo, problem.loss_fn, mp, tasks, steps=config.inner_steps)[:, -1])
 
   def validate(meta_params) -> dict:
-    mse, ci = mean_ci95(np.asarray(run(meta_params), np.float64))
+    mse, ci = mean_ci95(np.asarray(to_host(run(meta_params)), np.float64))
     return {"val_mse": mse, "val_ci95": ci, "score": -mse if np.isfinite(mse) else -np.inf}
 
   return validate

@@ -74,7 +74,7 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
   def evaluate(meta_params, images, num_tasks: int) -> np.ndarray:
     base = jax.random.PRNGKey(config.eval_seed)
     return np.concatenate([
-        np.asarray(batch_accuracy(meta_params, images, jax.random.fold_in(base, b)))
+        sharding.to_host(batch_accuracy(meta_params, images, jax.random.fold_in(base, b)))
         for b in range(num_tasks // config.eval_batch)])
 
   return evaluate
@@ -184,7 +184,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     json.dump(result, f, indent=1)
   if config.plots:
     from metajax import plots  # matplotlib only when plotting
-    plots.plot_curves(os.path.join(workdir, "curves.png"), metrics_path)
+    plots.plot_curves(os.path.join(workdir, "curves.png"),
+                      os.path.join(workdir, "metrics.jsonl"))
   return result
 
 

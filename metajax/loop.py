@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metajax.checkpoint import Checkpoints, check_resumable
+from metajax.config import ConfigError
 from metajax.sharding import to_host
 from metajax.step import make_train_chunk
 
@@ -70,9 +71,9 @@ def _what_now(config, checkpoints: Checkpoints) -> str:
   steps = checkpoints.steps()
   last = (f"the last good checkpoint is meta-step {steps[-1]} in {checkpoints.directory} "
           "and rerunning the command resumes from it" if steps else "no checkpoint was saved yet")
-  return (f"Training stopped; {last}. Lower the learning rates (inner_lr="
-          f"{config.inner_lr}, outer_lr={config.outer_lr}) or resume with "
-          "--config.on_nan=skip to skip such updates.")
+  return (f"Training stopped; {last}. Resume with --config.on_nan=skip to skip such "
+          f"updates, or lower the learning rates (inner_lr={config.inner_lr}, outer_lr="
+          f"{config.outer_lr}) in a new --workdir.")
 
 
 def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
@@ -98,6 +99,10 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   if restored is not None:
     state, meta = restored
     start = int(to_host(state.step))
+    if start > config.num_steps:
+      raise ConfigError(
+          f"num_steps={config.num_steps} is less than the {start} meta-steps already "
+          f"done in {checkpoints.directory}; use num_steps >= {start} (or a new --workdir)")
     prior_wall_s, prior_run_s = meta["train_wall_s"], meta["run_s"]
     if progress:
       print(f"resuming from the checkpoint of meta-step {start} in {checkpoints.directory}")
@@ -141,7 +146,9 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
       state, metrics = fn(state, data)
       loss_T = to_host(metrics["loss"])  # blocks: timing and NaN check
       run_s += time.perf_counter() - t0
-      bad = ~np.isfinite(loss_T)
+      # "skip" also skips finite losses whose meta-gradient is not finite.
+      bad = (to_host(metrics["skipped"]) if config.on_nan == "skip"
+             else ~np.isfinite(loss_T))
       if bad.any() and config.on_nan == "stop":
         i = int(np.flatnonzero(bad)[0])
         raise FloatingPointError(
@@ -167,7 +174,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
         row.update(on_boundary(state))
         extra_s += time.perf_counter() - t0
       score = row.pop("score", None)
-      if (at % config.log_every == 0 or at_end or row) and metrics_file:
+      if at % config.log_every == 0 or at_end or row:
         losses = np.concatenate(pending)
         row = {"step": at,
                "loss": float(losses.mean()) if losses.size else None,
@@ -176,8 +183,9 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
                "elapsed_s": prior_wall_s + time.perf_counter() - t_start,
                "rss_mb": rss_mb(),
                **({"skipped_steps": skipped} if config.on_nan == "skip" else {}), **row}
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
+        if metrics_file:
+          metrics_file.write(json.dumps(row) + "\n")
+          metrics_file.flush()
         pending, skipped = [], 0
       if (config.checkpoint_every and at % config.checkpoint_every == 0) \
           or at_end or score is not None:

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from metajax.algorithms import Algorithm, inner_lr, inner_mask  # noqa: E402
+from metajax.imaml import proximal_loss  # noqa: E402
 from metajax.inner import adapt  # noqa: E402
 from metajax.tasks.sinusoid import sine  # noqa: E402
 
@@ -33,7 +34,10 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
   ax.plot(x_Nx1[:, 0], problem.predict(params, x_Nx1)[:, 0], ":",
           color="0.4", label="pre-update")
   for steps, style in zip(step_counts, ("--", "-")):
-    phi = adapt(problem.loss_fn, params, task["support"], steps=steps, lr=lr,
+    # iMAML adapts on its proximal objective, as in its evaluation.
+    loss = (proximal_loss(problem.loss_fn, params, algo.lam) if algo.name == "imaml"
+            else problem.loss_fn)
+    phi = adapt(loss, params, task["support"], steps=steps, lr=lr,
                 mask=inner_mask(algo, params), optimizer=algo.inner_optimizer)
     ax.plot(x_Nx1[:, 0], problem.predict(phi, x_Nx1)[:, 0], style,
             color="tab:green", label=f"{steps} grad step{'s' * (steps > 1)}")

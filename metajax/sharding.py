@@ -50,10 +50,12 @@ def check_divisible(meta_batch: int, mesh: Mesh, task_chunk: int = 1,
   d = mesh.size
   if meta_batch % d:
     lo, hi = (meta_batch // d) * d, (meta_batch // d + 1) * d
+    sizes = f"{lo} or {hi}" if lo else f"{hi}"
+    hint = ("" if jax.process_count() > 1 else
+            f" or set num_devices to a divisor of {meta_batch}")
     raise ShardingError(
         f"meta_batch={meta_batch} does not split evenly over {d} devices; use a "
-        f"multiple of {d} (e.g. {lo or hi} or {hi}) or set num_devices to a divisor "
-        f"of {meta_batch}")
+        f"multiple of {d} (e.g. {sizes}){hint}")
   if batching != "vmap" and (meta_batch // d) % task_chunk:
     raise ShardingError(
         f"task_chunk={task_chunk} must divide the {meta_batch // d} tasks each of "

@@ -113,8 +113,9 @@ def parse_args(argv):
         launch = launch or {}
         key = name[2:]
         if key != "coordinator_address":
-          if not value.isdigit():
-            raise config_lib.ConfigError(f"{name} expects an integer >= 0, got {value!r}")
+          low = 1 if key == "num_processes" else 0
+          if not value.isdigit() or int(value) < low:
+            raise config_lib.ConfigError(f"{name} expects an integer >= {low}, got {value!r}")
           value = int(value)
         launch[key] = value
       else:

@@ -82,6 +82,16 @@ def test_reptile_inner_minibatches_walk_through_the_support(optimizer):
                                rtol=1e-10)
 
 
+def test_inner_batch_is_only_for_reptile():
+  from metajax import config as config_lib
+  c = config_lib.sinusoid_base()
+  c.inner_batch = 5
+  with pytest.raises(config_lib.ConfigError, match="inner_batch=5 is Reptile's"):
+    config_lib.validate(c)
+  c.algorithm = "reptile"
+  config_lib.validate(c)
+
+
 def test_inner_batch_larger_than_support_is_an_error():
   task = random_task(jax.random.PRNGKey(0), n_support=4)
   with pytest.raises(ValueError, match="inner_batch=5 exceeds the 4 support rows"):

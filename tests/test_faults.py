@@ -161,6 +161,24 @@ def test_resume_with_a_changed_config_is_refused_with_a_diff(reference, tmp_path
   assert str(STEPS + 100) in os.listdir(tmp_path / "checkpoints")
 
 
+def test_fewer_steps_than_done_and_all_checkpoints_unreadable_are_errors(reference, tmp_path,
+                                                                        capsys):
+  import shutil
+  shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+  assert main([*ARGS, "--workdir", str(tmp_path), f"--config.num_steps={STEPS - 100}"]) == 2
+  assert f"num_steps={STEPS - 100} is less than the {STEPS} meta-steps already done" \
+      in capsys.readouterr().err
+  steps = sorted(os.listdir(tmp_path / "checkpoints"), key=int)
+  for step in steps:  # every checkpoint's config file cut short
+    for root, _, files in os.walk(tmp_path / "checkpoints" / step / "meta"):
+      for name in files:
+        open(os.path.join(root, name), "w").close()
+  assert main([*ARGS, "--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert f"none of the checkpoints [{', '.join(steps)}]" in err and "could be read" in err
+  assert sorted(os.listdir(tmp_path / "checkpoints.unreadable"), key=int) == steps
+
+
 def test_schedule_length_may_not_change_on_resume():
   saved = load_config(os.path.join(ROOT, "experiments", "sine_maml.py")).to_dict()
   saved["outer_lr_schedule"] = "cosine"
@@ -195,7 +213,8 @@ def _counting_step(nan_steps):
   def meta_step(state, key, data=None):
     step = state.step + 1
     loss = jnp.where(jnp.any(step == nan_steps), jnp.nan, 1.0)
-    return state.replace(step=step, params=state.params + 1.0), {"loss": loss}
+    return (state.replace(step=step, params=state.params + 1.0),
+            {"loss": loss, "skipped": ~jnp.isfinite(loss)})
   return meta_step
 
 

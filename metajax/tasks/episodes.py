@@ -59,8 +59,10 @@ def sample_episode(key, images_CxMxHxWxc, *, ways: int, shots: int, queries: int
   flat = lambda a: a.reshape((-1,) + a.shape[2:])
   support = (flat(x_NxPxHxWxc[:, :shots]), flat(y_NxP[:, :shots]))
   query = (flat(x_NxPxHxWxc[:, shots:]), flat(y_NxP[:, shots:]))
-  if shuffle_support:  # its own key: the episode itself is unchanged
-    order = jax.random.permutation(jax.random.fold_in(key, 1), ways * shots)
+  if shuffle_support:
+    # A key apart from the three above (fold_in(key, i) for a small i would
+    # equal one of them), so the episode itself is the same as unshuffled.
+    order = jax.random.permutation(jax.random.fold_in(key, 2**31 - 1), ways * shots)
     support = (support[0][order], support[1][order])
   return support, query
 
