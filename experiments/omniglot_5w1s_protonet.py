@@ -4,7 +4,7 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_protonet.py --workdir runs/omniglot_5w1s_protonet
 
 Paper: 98.8 % (Snell et al. 2017, Table 1, Euclidean distance; trained 60-way).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 98.68 ± 0.23 % after 4,000 episodes (29 min), 2-core CPU (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config

@@ -22,6 +22,8 @@ def sinusoid_table(root: str) -> str:
   for path in sorted(glob.glob(os.path.join(root, "*", "eval.json"))):
     with open(path) as f:
       e = json.load(f)
+    if "by_k_shot" not in e:  # a few-shot run: fewshot_table's
+      continue
     k = str(e["k_shot_train"])
     r = e["by_k_shot"].get(k)
     if r is None:

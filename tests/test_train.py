@@ -126,3 +126,10 @@ def test_cli_end_to_end(tmp_path):
   for png in ("adaptation.png", "curves.png"):
     with open(tmp_path / png, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sinusoid_table_skips_few_shot_runs(tmp_path):
+  from metajax.results import sinusoid_table
+  (tmp_path / "omni").mkdir()
+  (tmp_path / "omni" / "eval.json").write_text('{"metric": "accuracy", "k_shot_train": 1}')
+  assert sinusoid_table(str(tmp_path)).count("\n") == 1  # header rows only
