@@ -18,7 +18,8 @@ def test_suites_cover_the_issue_grid():
   steps = suite_cells("steps", peers=False)
   assert {c["steps"] for c in steps} == {1, 2, 5, 10, 20}
   assert {(c["algo"], c["remat"]) for c in steps} == {
-      ("maml", False), ("maml", True), ("fomaml", False), ("fomaml", True)}
+      ("maml", False), ("maml", True), ("fomaml", False), ("fomaml", True),
+      ("imaml", False)}  # iMAML's memory is flat without remat: no remat cells
   peers = suite_cells("peers", peers=True)
   assert {c["impl"] for c in peers} == {"metajax", "torch-loop", "torch-func"}
 
