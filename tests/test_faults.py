@@ -29,7 +29,7 @@ from metajax.step import init_state, make_meta_step
 from metajax.train import load_config, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS, EVERY = 3000, 50
+STEPS, EVERY = 2000, 50
 ARGS = ["--config", os.path.join(ROOT, "experiments", "sine_maml.py"),
         f"--config.num_steps={STEPS}", "--config.steps_per_call=10",
         "--config.log_every=100", f"--config.checkpoint_every={EVERY}",
