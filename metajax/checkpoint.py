@@ -76,7 +76,7 @@ def _not_the_missing_metrics_warning(record) -> bool:
 
 
 class Checkpoints:
-  """The checkpoints of one run: `save`, `restore_latest`, `restore_best`."""
+  """The checkpoints of one run: `save`, `restore_latest`, `best_step`, `restore`."""
 
   def __init__(self, directory: str, *, keep: int = 3):
     self.directory = os.path.abspath(directory)
@@ -109,12 +109,15 @@ class Checkpoints:
         metrics=None if score is None else {"score": float(score)})
     self._manager.wait_until_finished()
 
-  def _restore(self, step: int, template):
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], out["meta"]
+  def _read(self, step: int, template=None, meta: bool = True) -> dict:
+    """{"state", "meta"} of `step`: the state only with a template, meta if asked."""
+    items = {}
+    if template is not None:
+      items["state"] = ocp.args.StandardRestore(jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template))
+    if meta:
+      items["meta"] = ocp.args.JsonRestore()
+    return self._manager.restore(step, args=ocp.args.Composite(**items))
 
   def restore_latest(self, template, check_meta=None) -> Optional[tuple[Any, dict]]:
     """(state, meta) of the newest readable checkpoint, or None if there is none.
@@ -127,8 +130,7 @@ class Checkpoints:
     tried = self.steps()
     for step in reversed(tried):
       try:
-        meta = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
+        meta = self._read(step)["meta"]
       except MemoryError:
         raise
       except Exception as e:  # orbax raises many types for bad files
@@ -136,8 +138,8 @@ class Checkpoints:
         continue
       if check_meta is not None:
         check_meta(meta)
-      try:
-        return self._restore(step, template)
+      try:  # the config is read and checked already: only the arrays now
+        return self._read(step, template, meta=False)["state"], meta
       except MemoryError:
         raise
       except Exception as e:  # orbax / tensorstore raise many types for bad files
@@ -171,7 +173,8 @@ class Checkpoints:
 
   def restore(self, step: int, template) -> tuple[Any, dict]:
     """(state, meta) of the checkpoint at `step` (`template`: see restore_latest)."""
-    return self._restore(step, template)
+    out = self._read(step, template)
+    return out["state"], out["meta"]
 
   def close(self) -> None:
     self._manager.close()

@@ -67,13 +67,14 @@ def _metrics_rows_until(path: str, step: int) -> list[str]:
   return keep
 
 
-def _what_now(config, checkpoints: Checkpoints) -> str:
+def _what_now(config, checkpoints: Checkpoints, *, suggest_skip: bool = True) -> str:
   steps = checkpoints.steps()
   last = (f"the last good checkpoint is meta-step {steps[-1]} in {checkpoints.directory} "
           "and rerunning the command resumes from it" if steps else "no checkpoint was saved yet")
-  return (f"Training stopped; {last}. Resume with --config.on_nan=skip to skip such "
-          f"updates, or lower the learning rates (inner_lr={config.inner_lr}, outer_lr="
-          f"{config.outer_lr}) in a new --workdir.")
+  skip = "Resume with --config.on_nan=skip to skip such updates, or lower" if suggest_skip \
+      else "Lower"
+  return (f"Training stopped; {last}. {skip} the learning rates (inner_lr={config.inner_lr}, "
+          f"outer_lr={config.outer_lr}) in a new --workdir.")
 
 
 def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
@@ -160,8 +161,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
           raise FloatingPointError(
               f"meta-steps {first_step + i + 2 - in_a_row} to {first_step + i + 1} all had "
               f"a non-finite loss and were skipped (on_nan=skip): the run has diverged. "
-              + _what_now(config, checkpoints).replace(
-                  " or resume with --config.on_nan=skip to skip such updates", ""))
+              + _what_now(config, checkpoints, suggest_skip=False))
       skipped += int(bad.sum())
       pending.append(loss_T[~bad])
       bar.update(n)
