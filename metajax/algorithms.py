@@ -4,6 +4,8 @@
   fomaml   first-order MAML                 same, first_order=True
   metasgd  Meta-SGD: learned per-parameter inner rates, differentiated jointly
   anil     ANIL: only the "head" adapts in the inner loop
+  mamlpp   MAML++: MAML whose switches (lslr, msl_steps, first_order_steps,
+           per-step BN) are on in its experiment files (metajax.mamlpp)
   reptile  pseudo-gradient theta - mean_i phi_i
   imaml    implicit gradient of the proximal inner solution (metajax.imaml)
   protonet prototypical networks: no inner loop (metajax.protonet)
@@ -14,10 +16,12 @@ All that adapt run the single inner loop in `metajax.inner`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
 
+from metajax import mamlpp
 from metajax.batching import task_mean
 from metajax.inner import LossFn, PyTree
 from metajax.maml import maml_loss
@@ -43,6 +47,10 @@ class Algorithm:
   lam: float = 1.0                  # iMAML: proximal strength lambda
   cg_steps: int = 5                 # iMAML: conjugate-gradient iterations
   cg_damping: float = 0.0           # iMAML: CG damping
+  lslr: bool = False                # MAML++: learned per-layer per-step inner rates
+  msl_steps: int = 0                # MAML++: meta-steps with the multi-step loss
+  first_order_steps: int = 0        # MAML++: meta-steps of first order before second
+  per_step_bn: bool = False         # MAML++: loss_fn takes the inner step (BN sets)
 
   @classmethod
   def named(cls, name: str, *, first_order: bool = False, **fields) -> "Algorithm":
@@ -67,6 +75,10 @@ class Algorithm:
         lam=float(config.imaml_lam),
         cg_steps=config.cg_steps,
         cg_damping=float(config.cg_damping),
+        lslr=bool(config.lslr),
+        msl_steps=config.msl_steps,
+        first_order_steps=config.first_order_steps,
+        per_step_bn=config.get("bn") == "per_step",
     )
 
 
@@ -75,22 +87,43 @@ def head_mask(params: PyTree) -> PyTree:
   return {k: jax.tree.map(lambda _, h=(k == "head"): h, v) for k, v in params.items()}
 
 
+def batch_norm_frozen_mask(params: PyTree) -> PyTree:
+  """False for batch-norm parameters (bn_scale, bn_bias), True elsewhere."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(getattr(k, "key", None) in ("bn_scale", "bn_bias")
+                              for k in path), params)
+
+
 def inner_mask(algo: Algorithm, params: PyTree) -> Optional[PyTree]:
-  return head_mask(params) if algo.head_only else None
+  """Which leaves the inner loop adapts: ANIL the head; with per-step BN
+  (MAML++) all but the BN parameters, which only the outer loop learns, as
+  in MAML++'s reference settings; otherwise all (None)."""
+  if algo.head_only:
+    return head_mask(params)
+  if algo.per_step_bn:
+    return batch_norm_frozen_mask(params)
+  return None
+
+
+def learns_inner_lr(algo: Algorithm) -> bool:
+  """Meta-SGD (a rate per parameter entry) or LSLR (per leaf and inner step)."""
+  return algo.learn_inner_lr or algo.lslr
 
 
 def inner_lr(algo: Algorithm, meta_params: dict) -> Any:
-  """The inner rate: learned pytree (Meta-SGD) or the fixed scalar."""
-  return meta_params["inner_lr"] if algo.learn_inner_lr else algo.inner_lr
+  """The inner rate: learned pytree (Meta-SGD, LSLR) or the fixed scalar."""
+  return meta_params["inner_lr"] if learns_inner_lr(algo) else algo.inner_lr
 
 
 def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
-                  tasks: dict) -> tuple[jax.Array, dict]:
+                  tasks: dict, step=None) -> tuple[jax.Array, dict]:
   """Mean query loss over the meta-batch and its meta-gradient.
 
   Args:
     meta_params: {"params": theta, "inner_lr": alpha pytree or None}.
     tasks: {"support": (x_BxKx..., y_BxK...), "query": (x_BxQx..., y_BxQ...)}.
+    step: the meta-step (int scalar, may be traced); needed only by MAML++'s
+      schedules (msl_steps, first_order_steps).
 
   Returns:
     (loss, grads) with grads shaped like `meta_params`. For MAML-family
@@ -120,13 +153,32 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     loss, grads = task_mean(one, tasks, strategy=algo.batching, chunk=algo.task_chunk)
     return loss, {"params": grads, "inner_lr": None}
 
-  mask = inner_mask(algo, params)
+  if not (algo.msl_steps or algo.first_order_steps):
+    return _maml_family(algo, loss_fn, meta_params, tasks, first_order=algo.first_order)
+  if step is None:
+    raise ValueError("msl_steps / first_order_steps schedule by meta-step: pass step=")
+  # MAML++: one program per training phase, the current one picked at run time.
+  plan = mamlpp.phases(algo.msl_steps, algo.first_order_steps)
+  weights = mamlpp.msl_weights(step, algo.steps, max(algo.msl_steps, 1))
+  branches = [functools.partial(_maml_family, algo, loss_fn,
+                                first_order=algo.first_order or first_order,
+                                step_weights=weights if msl else None)
+              for _, first_order, msl in plan]
+  return jax.lax.switch(mamlpp.phase_index(step, [s for s, _, _ in plan]), branches,
+                        meta_params, tasks)
+
+
+def _maml_family(algo: Algorithm, loss_fn: LossFn, meta_params: dict, tasks: dict, *,
+                 first_order: bool, step_weights=None) -> tuple[jax.Array, dict]:
+  """MAML, first-order MAML, Meta-SGD, ANIL, MAML++: grad of the mean maml_loss."""
+  mask = inner_mask(algo, meta_params["params"])
 
   def task_loss(meta_params, task):
     return maml_loss(
         loss_fn, meta_params["params"], task, steps=algo.steps,
-        lr=inner_lr(algo, meta_params), first_order=algo.first_order,
-        mask=mask, unroll=algo.unroll, remat=algo.remat)
+        lr=inner_lr(algo, meta_params), first_order=first_order,
+        mask=mask, unroll=algo.unroll, remat=algo.remat, lr_per_step=algo.lslr,
+        step_arg=algo.per_step_bn, step_weights=step_weights)
 
   # Per-task (loss, gradient), averaged: the gradient of the mean query loss.
   return task_mean(lambda task: jax.value_and_grad(task_loss)(meta_params, task),

@@ -55,7 +55,17 @@ def config_diff(saved: dict, now: dict) -> list[str]:
 
 
 def check_resumable(saved: dict, now: dict, directory: str) -> None:
-  """Raises ConfigError if `now` changes anything but RESUMABLE_KEYS."""
+  """Raises ConfigError if `now` changes anything but RESUMABLE_KEYS.
+
+  A key the saved config lacks (added to metajax after the run began) counts
+  as unchanged when `now` has it at its default, which is what the run used.
+  """
+  from metajax.config import base_for
+  base = base_for(now)
+  saved = dict(saved)
+  for key, value in now.items():
+    if key not in saved and key in base and value == base[key]:
+      saved[key] = value
   changed = [line for line in config_diff(saved, now)
              if line.split(":")[0].strip() not in RESUMABLE_KEYS]
   if (saved.get("num_steps") != now.get("num_steps")

@@ -13,7 +13,10 @@ import math
 
 import ml_collections
 
-ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "imaml", "protonet")
+ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "imaml", "protonet", "mamlpp")
+# The algorithms that meta-learn through metajax.maml.maml_loss (and so can
+# take MAML++'s switches).
+MAML_FAMILY = ("maml", "fomaml", "metasgd", "anil", "mamlpp")
 OUTER_OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("sinusoid", "omniglot", "mini_imagenet")
@@ -50,7 +53,8 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.task_chunk = 1              # tasks per chunk for scan/unroll; divides meta_batch
   c.outer_optimizer = "adam"    # one of OUTER_OPTIMIZERS
   c.outer_lr = 1e-3
-  c.outer_lr_schedule = "constant"  # one of SCHEDULES, decays to 0 at num_steps
+  c.outer_lr_schedule = "constant"  # one of SCHEDULES, decays to outer_lr_min at num_steps
+  c.outer_lr_min = 0.0          # the linear / cosine schedule's final rate
   c.num_steps = 70_000          # meta-steps (MAML: 70k)
   c.steps_per_call = 500        # meta-steps per jitted call (lax.scan)
   c.log_every = 1000            # meta-steps between metrics.jsonl lines
@@ -66,9 +70,22 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.eval_every = 0
   c.val_tasks = 100
   c.plots = True
+  add_mamlpp_keys(c)
   add_imaml_keys(c)
   add_run_keys(c, checkpoint_every=5000)
   return c
+
+
+def add_mamlpp_keys(c: ml_collections.ConfigDict) -> None:
+  """MAML++'s switches (Antoniou et al. 2019; metajax.mamlpp), each on its own.
+
+  The other two: bn="per_step" (image tasks) and outer_lr_schedule="cosine"
+  with outer_lr_min. Any of them works with maml, fomaml, metasgd (not lslr),
+  anil and mamlpp.
+  """
+  c.lslr = False                # learned inner rate per parameter leaf and inner step
+  c.msl_steps = 0               # meta-steps with the annealed multi-step loss; 0 = off
+  c.first_order_steps = 0       # derivative-order annealing: meta-steps of first order
 
 
 def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
@@ -112,7 +129,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.ways_train = 0              # classes per training episode (ProtoNet only); 0 = ways
   # Model: conv-4 (metajax.models.Conv4).
   c.filters = 64
-  c.bn = "transductive"         # one of BN_MODES
+  c.bn = "transductive"         # one of BN_MODES; per_step: a BN (scale, bias) per inner step
   c.conv_impl = "auto"          # one of CONV_IMPLS; auto picks per backend
   # Inner loop.
   c.inner_steps = 1
@@ -132,6 +149,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.outer_optimizer = "adam"
   c.outer_lr = 1e-3
   c.outer_lr_schedule = "constant"
+  c.outer_lr_min = 0.0
   c.num_steps = 60_000
   c.steps_per_call = 50
   c.log_every = 500
@@ -145,6 +163,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.eval_seed = 20170309
   c.eval_inner_lr = -1.0
   c.plots = True
+  add_mamlpp_keys(c)
   add_imaml_keys(c)
   add_run_keys(c, checkpoint_every=2000)
   return c
@@ -162,14 +181,37 @@ _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch"
                   "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
                   "filters", "val_tasks", "eval_batch", "keep_checkpoints", "cg_steps")
 _NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch", "ways_train",
-                "num_devices", "checkpoint_every")
+                "num_devices", "checkpoint_every", "msl_steps", "first_order_steps")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
-            # per_step BN needs the inner step index in the loss (MAML++), not yet wired.
-            "bn": ("transductive", "none"), "conv_impl": CONV_IMPLS,
+            "bn": BN_MODES, "conv_impl": CONV_IMPLS,
             "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip")}
+
+
+def _check_mamlpp(config) -> None:
+  algo = config.algorithm
+  used = [k for k in ("lslr", "msl_steps", "first_order_steps") if config[k]]
+  if config.get("bn") == "per_step":
+    used.append("bn='per_step'")
+  if used and algo not in MAML_FAMILY:
+    raise ConfigError(f"{', '.join(used)}: MAML++ switches need an algorithm that adapts "
+                      f"through the MAML loss, one of {MAML_FAMILY}; got {algo!r}")
+  if config.lslr and algo == "metasgd":
+    raise ConfigError("lslr=True with algorithm='metasgd': both learn the inner rates "
+                      "(Meta-SGD per entry, LSLR per leaf and step); choose one")
+  if config.first_order_steps and (algo == "fomaml" or config.first_order):
+    raise ConfigError(f"first_order_steps={config.first_order_steps} switches first-order "
+                      "to second-order MAML, but this run is first order throughout "
+                      "(algorithm='fomaml' or first_order=True); use 0")
+  for key in ("msl_steps", "first_order_steps"):
+    if config[key] > config.num_steps:
+      raise ConfigError(f"{key}={config[key]} exceeds num_steps={config.num_steps}")
+  m = config.outer_lr_min
+  if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= config.outer_lr:
+    raise ConfigError(f"outer_lr_min must be a number in [0, outer_lr={config.outer_lr}], "
+                      f"got {m!r}")
 
 
 class ConfigError(ValueError):
@@ -248,6 +290,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.batching != "vmap" and config.meta_batch % config.task_chunk:
     raise ConfigError(f"task_chunk={config.task_chunk} must divide "
                       f"meta_batch={config.meta_batch} for batching={config.batching!r}")
+  _check_mamlpp(config)
   lo, hi = config.metasgd_lr_range
   if not 0 < lo <= hi:
     raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got {(lo, hi)!r}")

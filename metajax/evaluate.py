@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.algorithms import Algorithm, inner_lr, inner_mask
+from metajax.algorithms import Algorithm, inner_lr, inner_mask, learns_inner_lr
 from metajax.imaml import proximal_loss
 from metajax.inner import inner_loop
 from metajax.sharding import to_host
@@ -33,6 +33,7 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   (`lax.map`): a vmapped per-task convolution is slow on CPU (metajax.batching).
   """
   params = meta_params["params"]
+  lr_per_step = algo.lslr and lr is None  # LSLR: the learned rate of each step
   lr = inner_lr(algo, meta_params) if lr is None else lr
   mask = inner_mask(algo, params)
   metric = loss_fn if metric is None else metric
@@ -41,10 +42,12 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   inner_loss = proximal_loss(loss_fn, params, algo.lam) if algo.name == "imaml" else loss_fn
 
   def one_task(task):
-    query_metric = lambda p: metric(p, task["query"])
+    # MAML++'s per-step BN: the query after step t uses step t's parameters.
+    query_metric = lambda p, **step: metric(p, task["query"], **step)
     _, after_T = inner_loop(inner_loss, params, task["support"], steps=steps,
                             lr=lr, mask=mask, optimizer=algo.inner_optimizer,
-                            observe=query_metric)
+                            observe=query_metric, lr_per_step=lr_per_step,
+                            step_arg=algo.per_step_bn)
     before = query_metric(params)[None]
     return before if after_T is None else jnp.concatenate([before, after_T])
 
@@ -77,7 +80,7 @@ def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:
   return {"metric": "query MSE", "num_tasks": config.eval_tasks,
           "query_points": config.eval_query, "eval_seed": config.eval_seed,
           "steps": list(range(config.eval_max_steps + 1)),
-          "inner_lr": "learned" if (lr is None and algo.learn_inner_lr)
+          "inner_lr": "learned" if (lr is None and learns_inner_lr(algo))
                       else (lr if lr is not None else algo.inner_lr),
           "by_k_shot": results}
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from metajax import loop, sharding
-from metajax.algorithms import Algorithm
+from metajax.algorithms import Algorithm, learns_inner_lr
 from metajax.batching import resolve
 from metajax.checkpoint import Checkpoints
 from metajax.evaluate import adaptation_losses, mean_ci95
@@ -109,7 +109,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   _, _, conv = _resolve(config)
   protonet = config.algorithm == "protonet"
   problem = Problem(ways=config.ways, filters=config.filters, head=not protonet,
-                    image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv)
+                    image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv,
+                    bn_steps=config.inner_steps)
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
@@ -164,8 +165,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "eval_query": config.eval_query,
       "inner_steps_train": config.inner_steps,
       "inner_steps_test": test_steps, "steps": list(range(test_steps + 1)),
-      "inner_lr": "learned" if algo.learn_inner_lr else (
+      "inner_lr": "learned" if learns_inner_lr(algo) else (
           algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
+      "lslr": algo.lslr, "msl_steps": algo.msl_steps,
+      "first_order_steps": algo.first_order_steps,
+      "outer_lr_schedule": config.outer_lr_schedule,
       "bn": config.bn, "filters": config.filters, "input_norm": config.input_norm,
       "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
       "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,

@@ -13,6 +13,7 @@ gradient, which drops the Hessian terms (first-order MAML).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Optional
 
 import jax
@@ -57,6 +58,8 @@ def inner_loop(
     unroll: bool = False,
     remat: bool = False,
     inner_batch: int = 0,
+    lr_per_step: bool = False,
+    step_arg: bool = False,
 ):
   """Runs `steps` inner gradient steps; returns (adapted_params, observed).
 
@@ -81,6 +84,13 @@ def inner_loop(
       gives step t the rows t*b ... t*b + b - 1 (mod K) of the support, so
       successive steps walk through it in minibatches (Reptile's inner loop:
       shuffle the rows beforehand for random minibatches).
+    lr_per_step: `lr` is a pytree like `params` whose leaves have shape (S,):
+      step t uses rate lr[min(t, S - 1)] for that whole leaf (MAML++'s
+      per-layer per-step rates, LSLR).
+    step_arg: `loss_fn(params, batch, step=t)` and `observe(params, step=t)`
+      also receive the index t of the inner step (0-based, traced), e.g. to
+      pick per-step batch-norm parameters (MAML++). `observe` after step t
+      gets the same t as the support loss of step t.
   """
   if steps < 0:
     raise ValueError(f"inner steps must be >= 0, got {steps}")
@@ -101,8 +111,13 @@ def inner_loop(
       out[i] = a
     return jax.tree.unflatten(treedef, out)
 
-  def adapted_loss(adapted):
-    return loss_fn(merge(adapted), support)
+  def lr_at(t):
+    if not lr_per_step:
+      return lr_leaves
+    return [a[jnp.minimum(t, a.shape[0] - 1)] for a in lr_leaves]
+
+  def loss_at(t):
+    return partial(loss_fn, step=t) if step_arg else loss_fn
 
   precond = _preconditioner(optimizer)
   adapted0 = [leaves[i] for i in adapt_idx]
@@ -116,18 +131,19 @@ def inner_loop(
     batch_idx_TxB = (np.arange(steps)[:, None] * inner_batch
                      + np.arange(inner_batch)[None]) % n
 
-  def step(carry, idx_B):
+  def step(carry, xs):
+    t, idx_B = xs
     adapted, opt_state = carry
-    if idx_B is None:
-      grads = jax.grad(adapted_loss)(adapted)
-    else:  # this step's minibatch of the support set
-      minibatch = jax.tree.map(lambda a: a[idx_B], support)
-      grads = jax.grad(lambda a: loss_fn(merge(a), minibatch))(adapted)
+    # The whole support set, or this step's minibatch of it.
+    batch = support if idx_B is None else jax.tree.map(lambda a: a[idx_B], support)
+    grads = jax.grad(lambda a: loss_at(t)(merge(a), batch))(adapted)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = precond.update(grads, opt_state, adapted)
-    adapted = jax.tree.map(jnp.add, adapted, _scale(lr_leaves, updates))
-    seen = None if observe is None else observe(merge(adapted))
+    adapted = jax.tree.map(jnp.add, adapted, _scale(lr_at(t), updates))
+    seen = None
+    if observe is not None:
+      seen = observe(merge(adapted), step=t) if step_arg else observe(merge(adapted))
     return (adapted, opt_state), seen
 
   if remat:
@@ -136,13 +152,14 @@ def inner_loop(
   if unroll or steps == 0:
     seen_list = []
     for t in range(steps):
-      carry, seen = step(carry, None if batch_idx_TxB is None else batch_idx_TxB[t])
+      carry, seen = step(carry, (t, None if batch_idx_TxB is None else batch_idx_TxB[t]))
       seen_list.append(seen)
     observed = None
     if observe is not None and seen_list:
       observed = jax.tree.map(lambda *xs: jnp.stack(xs), *seen_list)
   else:
-    carry, observed = jax.lax.scan(step, carry, batch_idx_TxB, length=steps)
+    carry, observed = jax.lax.scan(step, carry, (jnp.arange(steps), batch_idx_TxB),
+                                   length=steps)
   return merge(carry[0]), observed
 
 
@@ -159,6 +176,8 @@ def adapt(
     unroll: bool = False,
     remat: bool = False,
     inner_batch: int = 0,
+    lr_per_step: bool = False,
+    step_arg: bool = False,
 ) -> PyTree:
   """Adapts `params` to one task: `steps` gradient steps on `support`.
 
@@ -171,10 +190,11 @@ def adapt(
   `jax.vmap` this over the leading axis of `support`.
 
   See `inner_loop` for `mask` (ANIL), `optimizer` (Reptile), `unroll`, `remat`,
-  `inner_batch` (minibatches of the support set).
+  `inner_batch` (minibatches of the support set), `lr_per_step` and
+  `step_arg` (MAML++'s per-step rates and batch norm).
   """
   adapted, _ = inner_loop(
       loss_fn, params, support, steps=steps, lr=lr, first_order=first_order,
       mask=mask, optimizer=optimizer, unroll=unroll, remat=remat,
-      inner_batch=inner_batch)
+      inner_batch=inner_batch, lr_per_step=lr_per_step, step_arg=step_arg)
   return adapted

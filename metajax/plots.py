@@ -38,7 +38,8 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
     loss = (proximal_loss(problem.loss_fn, params, algo.lam) if algo.name == "imaml"
             else problem.loss_fn)
     phi = adapt(loss, params, task["support"], steps=steps, lr=lr,
-                mask=inner_mask(algo, params), optimizer=algo.inner_optimizer)
+                mask=inner_mask(algo, params), optimizer=algo.inner_optimizer,
+                lr_per_step=algo.lslr)
     ax.plot(x_Nx1[:, 0], problem.predict(phi, x_Nx1)[:, 0], style,
             color="tab:green", label=f"{steps} grad step{'s' * (steps > 1)}")
   xs, ys = task["support"]

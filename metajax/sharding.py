@@ -79,22 +79,27 @@ def replicate(tree, mesh: Mesh):
 
 
 def shard_tasks(mean_over_tasks: Callable, mesh: Optional[Mesh]) -> Callable:
-  """Wraps `mean_over_tasks(meta_params, tasks) -> pytree of means` so the tasks'
-  leading axis is split over `mesh` and the per-device means are averaged.
+  """Wraps `mean_over_tasks(meta_params, tasks, *rest) -> pytree of means` so
+  the tasks' leading axis is split over `mesh` and the per-device means are
+  averaged; `rest` (e.g. the meta-step) is replicated.
 
   With `mesh=None` (or one device) the function is returned unchanged.
   """
   if mesh is None or mesh.size == 1:
     return mean_over_tasks
 
-  def per_device(meta_params, tasks):
+  def per_device(meta_params, tasks, *rest):
     # The replicated params become this device's own copy first: otherwise
     # jax.grad w.r.t. them inside shard_map sums the cotangent over devices,
     # so an inner (per-task) gradient would include every device's tasks.
-    return jax.lax.pmean(mean_over_tasks(_varying(meta_params), tasks), TASK_AXIS)
+    return jax.lax.pmean(mean_over_tasks(_varying(meta_params), tasks, *rest), TASK_AXIS)
 
-  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(TASK_AXIS)),
-                       out_specs=P())
+  def sharded(meta_params, tasks, *rest):
+    return jax.shard_map(per_device, mesh=mesh,
+                         in_specs=(P(), P(TASK_AXIS)) + (P(),) * len(rest),
+                         out_specs=P())(meta_params, tasks, *rest)
+
+  return sharded
 
 
 def _varying(tree):

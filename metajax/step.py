@@ -25,7 +25,7 @@ from metajax.sharding import shard_tasks
 class TrainState:
   step: jax.Array        # int32 scalar: meta-steps taken
   params: PyTree         # theta
-  inner_lr: PyTree       # Meta-SGD's learned per-parameter rates, else None
+  inner_lr: PyTree       # learned rates (Meta-SGD per entry, LSLR per leaf and step), else None
   opt_state: Any         # optax state over {"params", "inner_lr"}
   key: jax.Array         # base key; step t uses fold_in(key, t)
 
@@ -34,11 +34,12 @@ class TrainState:
 
 
 def make_outer_optimizer(config) -> optax.GradientTransformation:
-  lr = config.outer_lr
+  lr, end = config.outer_lr, config.outer_lr_min
   if config.outer_lr_schedule == "linear":
-    lr = optax.linear_schedule(config.outer_lr, 0.0, config.num_steps)
-  elif config.outer_lr_schedule == "cosine":
-    lr = optax.cosine_decay_schedule(config.outer_lr, config.num_steps)
+    lr = optax.linear_schedule(config.outer_lr, end, config.num_steps)
+  elif config.outer_lr_schedule == "cosine":  # MAML++: to outer_lr_min at num_steps
+    lr = optax.cosine_decay_schedule(config.outer_lr, config.num_steps,
+                                     alpha=end / config.outer_lr)
   if config.outer_optimizer == "adam":
     return optax.adam(lr)
   return optax.sgd(lr)
@@ -47,10 +48,14 @@ def make_outer_optimizer(config) -> optax.GradientTransformation:
 def init_state(algo: Algorithm, params: PyTree,
                optimizer: optax.GradientTransformation, key, *,
                metasgd_lr_range=(0.005, 0.1)) -> TrainState:
-  """Initial state; Meta-SGD's rates start U[metasgd_lr_range] per entry."""
+  """Initial state; Meta-SGD's rates start U[metasgd_lr_range] per entry,
+  LSLR's (MAML++) at algo.inner_lr for every leaf and inner step."""
   key, lr_key = jax.random.split(key)
   inner_lr = None
-  if algo.learn_inner_lr:
+  if algo.lslr:
+    inner_lr = jax.tree.map(lambda p: jnp.full((algo.steps,), algo.inner_lr, p.dtype),
+                            params)
+  elif algo.learn_inner_lr:
     lo, hi = metasgd_lr_range
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(lr_key, len(leaves))
@@ -78,12 +83,13 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
   the next step draws new tasks); its metrics say `skipped`.
   """
   gradient = shard_tasks(
-      lambda meta_params, tasks: meta_gradient(algo, loss_fn, meta_params, tasks), mesh)
+      lambda meta_params, tasks, step: meta_gradient(algo, loss_fn, meta_params, tasks,
+                                                     step), mesh)
 
   def meta_step(state: TrainState, key, data=None) -> tuple[TrainState, dict]:
     tasks = sample_tasks(key) if data is None else sample_tasks(key, data)
     meta_params = state.meta_params()
-    loss, grads = gradient(meta_params, tasks)
+    loss, grads = gradient(meta_params, tasks, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
     new_params = optax.apply_updates(meta_params, updates)
     new = state.replace(step=state.step + 1, params=new_params["params"],

@@ -144,10 +144,15 @@ def tiny_fewshot(**overrides):
   return c
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "reptile"])  # fomaml: test_datasets, real data
+# mamlpp with every switch (it is second-order MAML with them on; each phase of
+# its schedules runs); fomaml: test_datasets, on real data.
+@pytest.mark.parametrize("algorithm", ["mamlpp", "reptile"])
 def test_short_training_beats_chance(tmp_path, synthetic_data, algorithm):
-  extra = (dict(inner_steps=3, inner_lr=0.1, outer_optimizer="sgd", outer_lr=1.0)
-           if algorithm == "reptile" else {})
+  extra = {
+      "reptile": dict(inner_steps=3, inner_lr=0.1, outer_optimizer="sgd", outer_lr=1.0),
+      "mamlpp": dict(inner_steps=2, inner_lr=0.4, lslr=True, bn="per_step", msl_steps=60,
+                     first_order_steps=30, outer_lr_schedule="cosine", outer_lr_min=1e-4),
+  }[algorithm]
   r = train_and_evaluate(tiny_fewshot(algorithm=algorithm, **extra), str(tmp_path),
                          progress=False)
   assert r["metric"] == "accuracy" and r["steps"] == [0, 1, 2, 3]
@@ -166,12 +171,12 @@ def test_short_training_beats_chance(tmp_path, synthetic_data, algorithm):
               "inner_steps_train", "inner_steps_test", "bn", "iterations", "train_wall_s"):
     assert key in saved
   # The results table puts ours beside the paper's number for the cell.
-  from metajax.papers import PUBLISHED
+  from metajax.papers import PUBLISHED, format_published
   from metajax.results import fewshot_table
   table = fewshot_table(str(tmp_path.parent))
   paper = PUBLISHED[(algorithm, "omniglot", 5, 1)]
   assert f"| {100 * r['final_accuracy']:.2f} ± {100 * r['final_ci95']:.2f} |" in table
-  assert f"{paper[0]} ± {paper[1]}" in table
+  assert f"| {format_published(paper)} |" in table
 
 
 def test_evaluation_episodes_are_fixed_by_the_seed(synthetic_data):

@@ -79,9 +79,10 @@ def _close(a, b, rtol):
 
 
 @eight
+# One case per distinct code path: fomaml, metasgd and anil meta-learn through
+# the same maml_loss as maml (their 1-device gradients: test_algorithms).
 @pytest.mark.parametrize("name,batching", [
-    ("maml", "vmap"), ("fomaml", "vmap"), ("reptile", "vmap"), ("metasgd", "vmap"),
-    ("anil", "vmap"), ("imaml", "vmap"), ("maml", "scan"), ("reptile", "scan")])
+    ("maml", "vmap"), ("reptile", "vmap"), ("imaml", "vmap"), ("maml", "scan")])
 def test_meta_gradient_same_on_1_and_8_devices(name, batching):
   # float64: iMAML's conjugate gradient amplifies float32 summation-order noise.
   with jax.enable_x64(True):
@@ -103,13 +104,14 @@ def test_meta_gradient_same_on_1_and_8_devices(name, batching):
 def test_conv4_meta_gradient_same_on_1_and_8_devices():
   from metajax.tasks.episodes import sample_episodes
   from metajax.tasks.fewshot import Problem
-  problem = Problem(ways=3, filters=4, image_shape=(16, 16, 1), conv_impl="xla")
+  # im2col: XLA's CPU grouped convolution (vmapped per-task kernels) is slow.
+  problem = Problem(ways=3, filters=2, image_shape=(16, 16, 1), conv_impl="im2col")
   images = jax.random.randint(jax.random.PRNGKey(2), (6, 5, 16, 16, 1), 0, 256
                               ).astype(jnp.uint8)
   tasks = sample_episodes(jax.random.PRNGKey(3), images, meta_batch=8, ways=3, shots=1,
                           queries=2)
   meta_params = {"params": problem.init_params(jax.random.PRNGKey(4)), "inner_lr": None}
-  algo = Algorithm.named("maml", steps=2, inner_lr=0.4)
+  algo = Algorithm.named("maml", steps=1, inner_lr=0.4)
   one = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(1))
   eight_ = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(8))
   _close(one, eight_, 1e-4)
@@ -117,8 +119,11 @@ def test_conv4_meta_gradient_same_on_1_and_8_devices():
 
 @eight
 def test_20_meta_steps_give_the_same_params_on_1_and_8_devices():
+  # MAML++ with every schedule switching inside the 20 steps: the meta-step
+  # (which picks the phase) reaches every device.
   problem, _ = _sine()
-  algo = Algorithm.named("maml", steps=1, inner_lr=0.01)
+  algo = Algorithm.named("mamlpp", steps=2, inner_lr=0.01, lslr=True, msl_steps=10,
+                         first_order_steps=5)
   optimizer = optax.adam(1e-3)
   finals = []
   for mesh in (sharding.make_mesh(1), sharding.make_mesh(8)):
@@ -129,7 +134,7 @@ def test_20_meta_steps_give_the_same_params_on_1_and_8_devices():
                           mesh=mesh)
     state, metrics = make_train_chunk(step, 20)(state)
     assert int(state.step) == 20 and np.all(np.isfinite(np.asarray(metrics["loss"])))
-    finals.append(sharding.host_tree(state.params))
+    finals.append(sharding.host_tree(state.meta_params()))
   _close(finals[0], finals[1], 1e-4)
 
 

@@ -45,15 +45,16 @@ class Problem:
     """Features_NxD of a head-less model (`head=False`: ProtoNet's embedding)."""
     return self.model.apply({"params": params}, x_NxHxWxC)
 
-  def logits(self, params, x_NxHxWxC):
-    return self.model.apply({"params": params}, x_NxHxWxC)
+  def logits(self, params, x_NxHxWxC, step=0):
+    """`step`: the inner step, which picks the BN parameters when bn="per_step"."""
+    return self.model.apply({"params": params}, x_NxHxWxC, step)
 
-  def loss_fn(self, params, batch):
+  def loss_fn(self, params, batch, step=0):
     """Mean softmax cross-entropy of one task's batch."""
     x, labels = batch
     return optax.softmax_cross_entropy_with_integer_labels(
-        self.logits(params, x), labels).mean()
+        self.logits(params, x, step), labels).mean()
 
-  def accuracy(self, params, batch):
+  def accuracy(self, params, batch, step=0):
     x, labels = batch
-    return jnp.mean(jnp.argmax(self.logits(params, x), -1) == labels)
+    return jnp.mean(jnp.argmax(self.logits(params, x, step), -1) == labels)
