@@ -1,8 +1,8 @@
 """metajax: gradient-based meta-learning as pure, jitted, vmapped JAX functions.
 
-Public core:
-  adapt(loss_fn, params, support, *, steps, lr, first_order=False, mask=None)
-  maml_loss(loss_fn, params, task, *, steps, lr, first_order=False, mask=None)
+Public core (see the README for every option):
+  adapt(loss_fn, params, support, *, steps, lr, first_order=False, mask=None, ...)
+  maml_loss(loss_fn, params, task, *, steps, lr, first_order=False, mask=None, ...)
 """
 
 from metajax.inner import adapt, inner_loop

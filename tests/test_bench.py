@@ -19,7 +19,8 @@ def test_suites_cover_the_issue_grid():
   assert {c["steps"] for c in steps} == {1, 2, 5, 10, 20}
   assert {(c["algo"], c["remat"]) for c in steps} == {
       ("maml", False), ("maml", True), ("fomaml", False), ("fomaml", True),
-      ("imaml", False)}  # iMAML's memory is flat without remat: no remat cells
+      ("imaml", False),  # iMAML's memory is flat without remat: no remat cells
+      ("mamlpp", False)}
   peers = suite_cells("peers", peers=True)
   assert {c["impl"] for c in peers} == {"metajax", "torch-loop", "torch-func"}
 

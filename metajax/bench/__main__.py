@@ -10,8 +10,10 @@ Suites:
   peers       second- and first-order MAML on the three image configs, metajax
               beside the PyTorch peers (needs the `bench` extra)
   steps       time and memory against inner steps 1..20, second vs first order,
-              with and without remat, and iMAML (implicit gradient, 5 CG steps)
-              (Omniglot 5w1s, meta-batch 4); writes steps.png
+              with and without remat, iMAML (implicit gradient, 5 CG steps) and
+              MAML++ (second order with LSLR, per-step BN and the multi-step
+              loss: its costliest phase) (Omniglot 5w1s, meta-batch 4);
+              writes steps.png
   strategies  the task-batching strategies and conv forms on Omniglot 5w1s
               (benchmark episodes, 15 query images per class) and on MAML's
               Omniglot training episodes (1 query image per class)
@@ -50,8 +52,8 @@ def suite_cells(suite: str, peers: bool):
         cells.append({"impl": "metajax", "preset": preset, "algo": algo})
   elif suite == "steps":
     for steps in (1, 2, 5, 10, 20):
-      for algo in ("maml", "fomaml", "imaml"):
-        for remat in ((False, True) if algo != "imaml" else (False,)):
+      for algo in ("maml", "fomaml", "imaml", "mamlpp"):
+        for remat in ((False, True) if algo in ("maml", "fomaml") else (False,)):
           cells.append({"impl": "metajax", "preset": "omni_5w1s_mb4", "algo": algo,
                         "steps": steps, "remat": remat})
   elif suite == "strategies":
@@ -130,9 +132,9 @@ def plot_steps(rows, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-  names = {"maml": "2nd order", "fomaml": "1st order", "imaml": "iMAML"}
-  styles = {"maml": "-", "fomaml": "--", "imaml": ":"}
-  for algo in ("maml", "fomaml", "imaml"):
+  names = {"maml": "2nd order", "fomaml": "1st order", "imaml": "iMAML", "mamlpp": "MAML++"}
+  styles = {"maml": "-", "fomaml": "--", "imaml": ":", "mamlpp": "-."}
+  for algo in names:
     for remat in (False, True):
       pts = sorted((r["steps"], r["median_s"], r.get("xla_temp_mb") or 0,
                     r["peak_rss_mb"]) for r in rows

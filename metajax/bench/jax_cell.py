@@ -26,13 +26,15 @@ def _image_setup(cell):
   steps = cell.get("steps") or p["steps"]
   batching, chunk, conv = resolve(cell.get("batching", "auto"), cell.get("chunk"),
                                   cell.get("conv", "auto"), p["meta_batch"])
+  # MAML++ cells: per-step batch norm (a BN set per inner step).
+  bn = "per_step" if cell["algo"] == "mamlpp" else "transductive"
   problem = Problem(ways=p["ways"], filters=p["filters"],
-                    image_shape=p["image_shape"], conv_impl=conv)
+                    image_shape=p["image_shape"], conv_impl=conv, bn=bn, bn_steps=steps)
   sample = lambda key: synthetic_tasks(
       key, meta_batch=p["meta_batch"], ways=p["ways"], shots=p["shots"],
       queries=p["queries"], image_shape=p["image_shape"])
   info = dict(batching=batching, chunk=chunk, conv=conv, steps=steps,
-              meta_batch=p["meta_batch"], bn="transductive")
+              meta_batch=p["meta_batch"], bn=bn)
   return problem, sample, steps, p["inner_lr"], p["meta_batch"], info
 
 
@@ -56,8 +58,12 @@ def run_cell(cell: dict) -> dict:
     problem, sample, steps, lr, meta_batch, info = _sine_setup(cell)
   else:
     problem, sample, steps, lr, meta_batch, info = _image_setup(cell)
+  # MAML++ in its multi-step-loss phase, the costliest one (the switch to the
+  # last-step loss is compiled too, as in a real run).
+  mamlpp = (dict(lslr=True, msl_steps=10**9, per_step_bn=info.get("bn") == "per_step")
+            if cell["algo"] == "mamlpp" else {})
   algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=bool(cell.get("remat")),
-                         batching=info["batching"], task_chunk=info["chunk"] or 1)
+                         batching=info["batching"], task_chunk=info["chunk"] or 1, **mamlpp)
   optimizer = optax.adam(1e-3)
   state = init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
                      optimizer, jax.random.PRNGKey(1))
