@@ -159,7 +159,7 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     raise ValueError("msl_steps / first_order_steps schedule by meta-step: pass step=")
   # MAML++: one program per training phase, the current one picked at run time.
   plan = mamlpp.phases(algo.msl_steps, algo.first_order_steps)
-  weights = mamlpp.msl_weights(step, algo.steps, max(algo.msl_steps, 1))
+  weights = mamlpp.msl_weights(step, algo.steps, algo.msl_steps) if algo.msl_steps else None
   branches = [functools.partial(_maml_family, algo, loss_fn,
                                 first_order=algo.first_order or first_order,
                                 step_weights=weights if msl else None)

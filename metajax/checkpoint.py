@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from metajax.config import ConfigError
+from metajax.config import ConfigError, base_for
 from metajax.sharding import to_host
 
 # Keys that may change when a run is resumed: they set how long it runs, what
@@ -60,7 +60,6 @@ def check_resumable(saved: dict, now: dict, directory: str) -> None:
   A key the saved config lacks (added to metajax after the run began) counts
   as unchanged when `now` has it at its default, which is what the run used.
   """
-  from metajax.config import base_for
   base = base_for(now)
   saved = dict(saved)
   for key, value in now.items():

@@ -116,8 +116,8 @@ def inner_loop(
       return lr_leaves
     return [a[jnp.minimum(t, a.shape[0] - 1)] for a in lr_leaves]
 
-  def loss_at(t):
-    return partial(loss_fn, step=t) if step_arg else loss_fn
+  def at(fn, t):  # loss_fn / observe, given the step index when step_arg
+    return partial(fn, step=t) if step_arg else fn
 
   precond = _preconditioner(optimizer)
   adapted0 = [leaves[i] for i in adapt_idx]
@@ -136,14 +136,12 @@ def inner_loop(
     adapted, opt_state = carry
     # The whole support set, or this step's minibatch of it.
     batch = support if idx_B is None else jax.tree.map(lambda a: a[idx_B], support)
-    grads = jax.grad(lambda a: loss_at(t)(merge(a), batch))(adapted)
+    grads = jax.grad(lambda a: at(loss_fn, t)(merge(a), batch))(adapted)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     updates, opt_state = precond.update(grads, opt_state, adapted)
     adapted = jax.tree.map(jnp.add, adapted, _scale(lr_at(t), updates))
-    seen = None
-    if observe is not None:
-      seen = observe(merge(adapted), step=t) if step_arg else observe(merge(adapted))
+    seen = None if observe is None else at(observe, t)(merge(adapted))
     return (adapted, opt_state), seen
 
   if remat:

@@ -52,19 +52,15 @@ def maml_loss(
     scalar query loss. Differentiable w.r.t. `params` and `lr`.
   """
   query = task["query"]
-  query_loss = loss_fn
-  if step_arg:
-    # Without MSL only the final query loss is taken: it uses the last step's
-    # per-step parameters, as the support loss of that step did.
-    query_loss = lambda p, q, step=max(steps - 1, 0): loss_fn(p, q, step=step)
-  observe = None
-  if step_weights is not None:
-    observe = ((lambda p, step: query_loss(p, query, step=step)) if step_arg
-               else (lambda p: query_loss(p, query)))
+  # MSL: the query loss after every step (inner_loop passes `step` if step_arg).
+  observe = None if step_weights is None else (
+      lambda p, **step: loss_fn(p, query, **step))
   phi, losses_T = inner_loop(
       loss_fn, params, task["support"], steps=steps, lr=lr, first_order=first_order,
       mask=mask, unroll=unroll, remat=remat, lr_per_step=lr_per_step,
       step_arg=step_arg, observe=observe)
-  if step_weights is None:
-    return query_loss(phi, query)
-  return jnp.sum(step_weights * losses_T)
+  if step_weights is not None:
+    return jnp.sum(step_weights * losses_T)
+  # The final query loss uses the last step's per-step parameters, as the
+  # support loss of that step did.
+  return loss_fn(phi, query, step=max(steps - 1, 0)) if step_arg else loss_fn(phi, query)
