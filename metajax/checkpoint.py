@@ -35,11 +35,12 @@ from metajax.config import ConfigError, base_for
 from metajax.sharding import to_host
 
 # Keys that may change when a run is resumed: they set how long it runs, what
-# is logged / evaluated / kept, or where data is read from, not what it computes.
+# is logged / evaluated / kept, where data is read from or how the state is laid
+# out over devices (restored into the new layout), not what it computes.
 RESUMABLE_KEYS = frozenset({
     "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
     "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "eval_shots",
-    "on_nan",
+    "on_nan", "param_sharding",
 })
 # Not resumable although they only evaluate: val_tasks, eval_batch (which
 # episodes), eval_max_steps, eval_inner_lr, eval_query set the validation score

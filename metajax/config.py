@@ -98,6 +98,7 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
   """Devices, checkpoints and the NaN policy: the same keys for every task."""
   c.num_devices = 0             # devices the meta-batch is split over; 0 = all
+  c.param_sharding = "replicated"  # params, rates, optimizer state: or "sharded" over devices
   c.checkpoint_every = checkpoint_every  # meta-steps between checkpoints; 0 = only at the end
   c.keep_checkpoints = 3        # newest checkpoints kept (plus the best-validated one)
   c.on_nan = "stop"             # non-finite loss: "stop" the run, or "skip" that update
@@ -187,7 +188,8 @@ _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
             "bn": BN_MODES, "conv_impl": CONV_IMPLS,
-            "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip")}
+            "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip"),
+            "param_sharding": ("replicated", "sharded")}
 
 
 def _check_mamlpp(config) -> None:

@@ -115,9 +115,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = sharding.replicate(init_state(
+  state = sharding.place_state(init_state(
       algo, problem.init_params(init_key), optimizer, state_key,
-      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh)
+      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh, config.param_sharding)
   sample = lambda key, images: sample_episodes(
       key, images, meta_batch=config.meta_batch, ways=train_ways,
       shots=train_shots, queries=config.k_query, mean=mean, std=std,

@@ -1,8 +1,11 @@
 """Data parallelism over tasks: the meta-batch is split across devices.
 
 A `Mesh` with one axis, "tasks", holds every device of every host
-(`jax.devices()`). Parameters, optimizer state and the data split are
-replicated; inside the jitted meta-step the sampled meta-batch is handed to
+(`jax.devices()`). The data split is replicated; parameters and optimizer
+state are replicated too, or, with `param_sharding="sharded"`, each of their
+arrays is split over the same axis (ZeRO/FSDP-style storage: every device
+keeps 1/D of the state between steps, XLA all-gathers the parameters for the
+task computation and each device updates its own slice). Inside the jitted meta-step the sampled meta-batch is handed to
 `jax.shard_map` with the task axis split over the mesh, each device takes
 the mean (loss, meta-gradient) of its own B/D tasks with the configured
 batching strategy, and `lax.pmean` over "tasks" makes it the mean over all B.
@@ -26,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from metajax.config import ConfigError
 
 TASK_AXIS = "tasks"
+PARAM_SHARDINGS = ("replicated", "sharded")
 
 
 class ShardingError(ConfigError):
@@ -78,6 +82,41 @@ def replicate(tree, mesh: Mesh):
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
+def leaf_sharding(shape: tuple, mesh: Mesh, mode: str = "replicated") -> NamedSharding:
+  """Where one state array lives: replicated, or (mode="sharded") split over
+  the mesh along its largest axis that the device count divides. Arrays with
+  no such axis (scalars, biases of odd size) stay replicated."""
+  if mode not in PARAM_SHARDINGS:
+    raise ShardingError(f"param_sharding={mode!r}: use one of {PARAM_SHARDINGS}")
+  fits = [i for i, n in enumerate(shape) if n >= mesh.size and n % mesh.size == 0]
+  if mode == "replicated" or mesh.size == 1 or not fits:
+    return replicated(mesh)
+  axis = max(fits, key=lambda i: shape[i])
+  return NamedSharding(mesh, P(*(TASK_AXIS if i == axis else None
+                                 for i in range(len(shape)))))
+
+
+def state_shardings(tree, mesh: Mesh, mode: str = "replicated"):
+  """`leaf_sharding` of every leaf of `tree` (arrays or tracers)."""
+  return jax.tree.map(lambda x: leaf_sharding(np.shape(x), mesh, mode), tree)
+
+
+def place_state(tree, mesh: Mesh, mode: str = "replicated"):
+  """Places the train state (host or single-device values, the same in every
+  process) on `mesh`: replicated, or sharded per `leaf_sharding`."""
+  def put(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree, state_shardings(tree, mesh, mode))
+
+
+def constrain_state(tree, mesh: Optional[Mesh], mode: str = "replicated"):
+  """Inside jit: keeps the updated state where `place_state` put it."""
+  if mesh is None or mesh.size == 1 or mode == "replicated":
+    return tree
+  return jax.lax.with_sharding_constraint(tree, state_shardings(tree, mesh, mode))
+
+
 def shard_tasks(mean_over_tasks: Callable, mesh: Optional[Mesh]) -> Callable:
   """Wraps `mean_over_tasks(meta_params, tasks, *rest) -> pytree of means` so
   the tasks' leading axis is split over `mesh` and the per-device means are
@@ -109,9 +148,13 @@ def _varying(tree):
 
 
 def to_host(x) -> np.ndarray:
-  """A replicated (or single-device) array as numpy, also on a multi-host mesh."""
+  """A replicated, sharded or single-device array as numpy, also on a
+  multi-host mesh (a sharded one is gathered from every process)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(x.addressable_data(0))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
 
 

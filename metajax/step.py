@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from metajax.algorithms import Algorithm, meta_gradient
 from metajax.inner import LossFn, PyTree
-from metajax.sharding import shard_tasks
+from metajax.sharding import constrain_state, shard_tasks
 
 
 @flax.struct.dataclass
@@ -71,13 +71,16 @@ def init_state(algo: Algorithm, params: PyTree,
 def make_meta_step(algo: Algorithm, loss_fn: LossFn,
                    sample_tasks: Callable[..., dict],
                    optimizer: optax.GradientTransformation, *,
-                   mesh: Optional[Mesh] = None, skip_nonfinite: bool = False):
+                   mesh: Optional[Mesh] = None, param_sharding: str = "replicated",
+                   skip_nonfinite: bool = False):
   """Returns the pure `meta_step(state, key, data=None) -> (state, {"loss": scalar})`.
 
   `sample_tasks(key)` draws the meta-batch, or `sample_tasks(key, data)` when
   the tasks come from a data set held on device (`data`: e.g. the uint8 images
   of a split, passed as an argument so it is not baked into the program).
   `mesh`: split the meta-batch over its devices (`metajax.sharding`).
+  `param_sharding`: "sharded" keeps the updated state split over the mesh as
+  `metajax.sharding.place_state` placed it (default: replicated).
   `skip_nonfinite`: a step whose loss or meta-gradient is not finite leaves
   params and optimizer state unchanged (the step counter still advances, so
   the next step draws new tasks); its metrics say `skipped`.
@@ -95,12 +98,12 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
     new = state.replace(step=state.step + 1, params=new_params["params"],
                         inner_lr=new_params["inner_lr"], opt_state=opt_state)
     if not skip_nonfinite:
-      return new, {"loss": loss}
+      return constrain_state(new, mesh, param_sharding), {"loss": loss}
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     keep = lambda n, o: jnp.where(finite, n, o)
     new = jax.tree.map(keep, new.replace(step=state.step), state).replace(step=new.step)
-    return new, {"loss": loss, "skipped": ~finite}
+    return constrain_state(new, mesh, param_sharding), {"loss": loss, "skipped": ~finite}
 
   return meta_step
 

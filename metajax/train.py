@@ -153,11 +153,12 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = sharding.replicate(init_state(
+  state = sharding.place_state(init_state(
       algo, problem.init_params(init_key), optimizer, state_key,
-      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh)
+      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh, config.param_sharding)
   meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks, optimizer,
-                             mesh=mesh, skip_nonfinite=config.on_nan == "skip")
+                             mesh=mesh, param_sharding=config.param_sharding,
+                             skip_nonfinite=config.on_nan == "skip")
   validate = make_validator(config, algo, problem) if config.eval_every else None
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
                             keep=config.keep_checkpoints)

@@ -502,14 +502,14 @@ def test_real_mini_imagenet(real_mini_imagenet, real_data_dir):
 
 def test_short_real_omniglot_training_rises_above_chance(real_omniglot_maml, real_data_dir,
                                                          tmp_path):
-  """A few hundred first-order MAML steps on the real MAML split: the 5-way test
-  accuracy (chance 20%) clearly rises, and only after adaptation."""
+  """150 first-order MAML steps on the real MAML split: the 5-way test accuracy
+  (chance 20%) clearly rises, and only after adaptation."""
   from metajax.config import fewshot_base
   from metajax.train import train_and_evaluate
   config = fewshot_base("omniglot")
   config.update(dict(algorithm="fomaml", data_dir=str(real_data_dir), filters=32,
-                     meta_batch=8, num_steps=300, steps_per_call=50, log_every=100,
-                     eval_every=150, val_tasks=50, eval_tasks=100, eval_batch=25,
+                     meta_batch=8, num_steps=150, steps_per_call=50, log_every=50,
+                     outer_lr=3e-3, eval_every=0, eval_tasks=100, eval_batch=25,
                      eval_max_steps=3, plots=False))
   r = train_and_evaluate(config, str(tmp_path), progress=False)
   assert abs(r["accuracy"][0] - 0.2) < 0.06, r["accuracy"]

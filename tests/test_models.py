@@ -42,23 +42,30 @@ def test_max_pool_and_batch_norm_match_references():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_second_order_meta_gradient_same_for_every_conv_form():
-  # One XLA-conv reference, compiled once, against each other form.
+def test_second_order_meta_gradient_same_for_every_conv_form_and_batching():
+  # One reference (XLA conv, tasks vmapped), compiled once, against each other
+  # conv form under another way of batching the tasks (metajax.batching), so
+  # every form and every strategy is checked once; float64, 2 inner steps.
   with jax.enable_x64(True):
     shape = (16, 16, 2)
     probs = {i: Problem(ways=3, filters=4, image_shape=shape, conv_impl=i)
              for i in CONV_IMPLS}
     params = jax.tree.map(lambda a: a.astype(jnp.float64),
                           probs["xla"].init_params(jax.random.PRNGKey(3)))
-    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=2,
+    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=4, ways=3, shots=2,
                             queries=3, image_shape=shape)
     tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
-    algo = Algorithm(name="maml", steps=2, inner_lr=0.3)
     mp = {"params": params, "inner_lr": None}
-    ref = jax.jit(lambda m, t: meta_gradient(algo, probs["xla"].loss_fn, m, t))(mp, tasks)
-    for impl in CONV_IMPLS[1:]:
-      got = jax.jit(lambda m, t: meta_gradient(algo, probs[impl].loss_fn, m, t))(mp, tasks)
-      chex.assert_trees_all_close(got, ref, rtol=1e-9, atol=1e-12, custom_message=impl)
+    grad = lambda impl, **batching: jax.jit(lambda m, t: meta_gradient(
+        Algorithm(name="maml", steps=2, inner_lr=0.3, **batching), probs[impl].loss_fn,
+        m, t))(mp, tasks)
+    ref = grad("xla")
+    assert CONV_IMPLS == ("xla", "im2col", "shifted", "hybrid")
+    for impl, batching, chunk in (("im2col", "vmap", 1), ("shifted", "unroll", 2),
+                                  ("hybrid", "scan", 1)):
+      got = grad(impl, batching=batching, task_chunk=chunk)
+      chex.assert_trees_all_close(got, ref, rtol=1e-9, atol=1e-12,
+                                  custom_message=f"{impl}/{batching}/{chunk}")
 
 
 def test_conv4_shapes_and_per_step_bn():
@@ -71,33 +78,15 @@ def test_conv4_shapes_and_per_step_bn():
     assert params["block_0"]["kernel"].shape == (3, 3, shape[-1], filters)
     assert params["head"]["kernel"].shape[0] == filters * (shape[0] // 16) ** 2
   model = Conv4(ways=5, filters=8, bn="per_step", bn_steps=3)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)))["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)))["params"]
   assert params["block_0"]["bn_scale"].shape == (3, 8)
-  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 1))
   params["block_0"]["bn_bias"] = params["block_0"]["bn_bias"].at[1].set(1.0)
-  out = [model.apply({"params": params}, x, step) for step in (0, 1, 2)]
+  apply = jax.jit(lambda p, x, step: model.apply({"params": p}, x, step))  # step traced
+  out = [apply(params, x, step) for step in (0, 1, 2)]
   assert not np.allclose(out[0], out[1]) and np.allclose(out[0], out[2])
   none = Conv4(ways=5, filters=8, bn="none")
-  assert "bn_scale" not in none.init(jax.random.PRNGKey(0), x)["params"]["block_0"]
-
-
-def test_conv_meta_gradient_independent_of_batching():
-  shape = (16, 16, 1)
-  plain = Problem(ways=2, filters=4, image_shape=shape, conv_impl="xla")
-  params = plain.init_params(jax.random.PRNGKey(5))
-  tasks = synthetic_tasks(jax.random.PRNGKey(6), meta_batch=4, ways=2, shots=1, queries=2,
-                          image_shape=shape)
-  mp = {"params": params, "inner_lr": None}
-  ref = jax.jit(lambda m, t: meta_gradient(
-      Algorithm(name="maml", steps=1, inner_lr=0.4), plain.loss_fn, m, t))(mp, tasks)
-  for strategy, chunk, impl in (("scan", 1, "hybrid"), ("vmap", 1, "im2col"),
-                                ("unroll", 2, "xla")):
-    prob = Problem(ways=2, filters=4, image_shape=shape, conv_impl=impl)
-    got = jax.jit(lambda m, t: meta_gradient(
-        Algorithm(name="maml", steps=1, inner_lr=0.4, batching=strategy, task_chunk=chunk),
-        prob.loss_fn, m, t))(mp, tasks)
-    chex.assert_trees_all_close(got, ref, rtol=2e-4, atol=1e-5,
-                                custom_message=f"{strategy}/{chunk}/{impl}")
+  assert "bn_scale" not in jax.eval_shape(none.init, jax.random.PRNGKey(0), x)["params"]["block_0"]
 
 
 def test_hand_written_backward_passes_match_autodiff_to_second_order():
