@@ -13,7 +13,8 @@ from metajax.papers import paper_config
 def get_config():
   config = paper_config("reptile", "omniglot", ways=20, shots=5)
   # The published settings it sets (edit any of them here):
-  #   inner_steps=10, inner_lr=0.0005, inner_optimizer='adam', meta_batch=5,
+  #   inner_steps=10, inner_lr=0.0005, inner_optimizer='adam', carry_inner_adam=True,
+  #   meta_batch=5,
   #   k_shot_train=10, k_query=1, outer_optimizer='sgd', outer_lr=1.0,
   #   outer_lr_schedule='linear', inner_batch=20, num_steps=200000, filters=64, eval_max_steps=50,
   #   eval_query=15

@@ -44,6 +44,7 @@ class Algorithm:
   batching: str = "vmap"            # see metajax.batching
   task_chunk: int = 1
   inner_batch: int = 0              # Reptile: support rows per inner step (0: all)
+  carry_inner_adam: bool = False    # Reptile: inner Adam's state carries over (reptile.py)
   lam: float = 1.0                  # iMAML: proximal strength lambda
   cg_steps: int = 5                 # iMAML: conjugate-gradient iterations
   cg_damping: float = 0.0           # iMAML: CG damping
@@ -72,6 +73,7 @@ class Algorithm:
         batching=config.batching,
         task_chunk=config.task_chunk,
         inner_batch=config.inner_batch,
+        carry_inner_adam=bool(config.carry_inner_adam),
         lam=float(config.imaml_lam),
         cg_steps=config.cg_steps,
         cg_damping=float(config.cg_damping),
@@ -116,7 +118,7 @@ def inner_lr(algo: Algorithm, meta_params: dict) -> Any:
 
 
 def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
-                  tasks: dict, step=None) -> tuple[jax.Array, dict]:
+                  tasks: dict, step=None, adam_carry=None):
   """Mean query loss over the meta-batch and its meta-gradient.
 
   Args:
@@ -124,6 +126,8 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     tasks: {"support": (x_BxKx..., y_BxK...), "query": (x_BxQx..., y_BxQ...)}.
     step: the meta-step (int scalar, may be traced); needed only by MAML++'s
       schedules (msl_steps, first_order_steps).
+    adam_carry: Reptile with a carried inner Adam only (`metajax.reptile`):
+      its state; the next one is then returned as a third output.
 
   Returns:
     (loss, grads) with grads shaped like `meta_params`. For MAML-family
@@ -131,13 +135,15 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     for Reptile grads["params"] = theta - mean_i phi_i (a pseudo-gradient).
   """
   params = meta_params["params"]
+  if adam_carry is not None and algo.name != "reptile":
+    raise ValueError(f"adam_carry is Reptile's; got algorithm {algo.name!r}")
   if algo.name == "reptile":
-    pseudo, loss = reptile_pseudo_grad(
+    pseudo, loss, *carry = reptile_pseudo_grad(
         loss_fn, params, tasks, steps=algo.steps, lr=algo.inner_lr,
         optimizer=algo.inner_optimizer, unroll=algo.unroll,
         batching=algo.batching, task_chunk=algo.task_chunk,
-        inner_batch=algo.inner_batch)
-    return loss, {"params": pseudo, "inner_lr": None}
+        inner_batch=algo.inner_batch, adam_carry=adam_carry)
+    return (loss, {"params": pseudo, "inner_lr": None}, *carry)
 
   if algo.name == "protonet":
     # No inner loop: `loss_fn(params, task)` is the episode loss

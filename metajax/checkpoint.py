@@ -19,6 +19,7 @@ WORKDIR/checkpoints.unreadable/ with a message, and the one before it is used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -114,7 +115,7 @@ class Checkpoints:
     if step in self._manager.all_steps():
       return  # already saved (e.g. the final step of a resumed, finished run)
     self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(_on_disk(state)),
                                       meta=ocp.args.JsonSave(meta)),
         metrics=None if score is None else {"score": float(score)})
     self._manager.wait_until_finished()
@@ -124,10 +125,14 @@ class Checkpoints:
     items = {}
     if template is not None:
       items["state"] = ocp.args.StandardRestore(jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template))
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+          _on_disk(template)))
     if meta:
       items["meta"] = ocp.args.JsonRestore()
-    return self._manager.restore(step, args=ocp.args.Composite(**items))
+    out = dict(self._manager.restore(step, args=ocp.args.Composite(**items)))
+    if template is not None:
+      out["state"] = template.replace(**out["state"])
+    return out
 
   def restore_latest(self, template, check_meta=None) -> Optional[tuple[Any, dict]]:
     """(state, meta) of the newest readable checkpoint, or None if there is none.
@@ -188,6 +193,15 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _on_disk(state) -> dict:
+  """A TrainState's fields as they are saved: Reptile's carried inner-Adam state
+  only where a run has one, so checkpoints from before it existed restore."""
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  if fields.get("adam_carry", ()) is None:
+    del fields["adam_carry"]
+  return fields
 
 
 def load_arrays(step_dir: str):

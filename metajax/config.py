@@ -43,6 +43,7 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.inner_lr = 0.01             # fixed inner rate (metasgd learns its own)
   c.first_order = False         # True: first-order MAML/Meta-SGD/ANIL
   c.inner_optimizer = "sgd"     # "sgd" or "adam" (Reptile only)
+  c.carry_inner_adam = False    # Reptile + adam: moments carry across tasks (reference code)
   c.inner_batch = 0             # support rows per inner step in training; 0 = all
   c.unroll = False              # Python-unrolled inner loop instead of lax.scan
   c.remat = False               # jax.checkpoint each inner step
@@ -137,6 +138,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.inner_lr = 0.4
   c.first_order = False
   c.inner_optimizer = "sgd"
+  c.carry_inner_adam = False
   # Support images per inner step in meta-training, taken in turn from the
   # shuffled support set (Reptile's minibatches); 0 = all. Tests use all.
   c.inner_batch = 0
@@ -265,6 +267,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not v or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0
                         for i in v):
       raise ConfigError(f"{key} must be a non-empty tuple of positive integers, got {v!r}")
+  if config.carry_inner_adam and (config.algorithm, config.inner_optimizer) != ("reptile",
+                                                                                "adam"):
+    raise ConfigError("carry_inner_adam=True carries Reptile's inner Adam state; it needs "
+                      "algorithm='reptile' and inner_optimizer='adam' (got "
+                      f"{config.algorithm!r}, {config.inner_optimizer!r}); use False")
   if config.inner_optimizer != "sgd" and config.algorithm != "reptile":
     raise ConfigError(f"inner_optimizer={config.inner_optimizer!r} is only supported "
                       f"for algorithm='reptile' (got algorithm={config.algorithm!r}); "

@@ -25,7 +25,8 @@ def mean_ci95(values) -> tuple[float, float]:
 def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
                       *, steps: int, lr=None, metric=None):
   """Query loss (or `metric(params, query)`) of each task before and after each
-  of `steps` inner steps.
+  of `steps` inner steps. `meta_params`: a TrainState's `adaptation_params()`
+  (or just {"params", "inner_lr"}).
 
   Returns losses_BxS with S = steps + 1 (column 0: before adaptation). `lr`
   overrides the inner rate (default: the trained one; learned for Meta-SGD).
@@ -41,13 +42,17 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   # iMAML adapts at test time as in training: on the proximal objective.
   inner_loss = proximal_loss(loss_fn, params, algo.lam) if algo.name == "imaml" else loss_fn
 
+  # Reptile with a carried inner Adam adapts from the carried state, as the
+  # reference code evaluates with its training-time optimizer.
+  adam_carry = meta_params.get("adam_carry")
+
   def one_task(task):
     # MAML++'s per-step BN: the query after step t uses step t's parameters.
     query_metric = lambda p, **step: metric(p, task["query"], **step)
-    _, after_T = inner_loop(inner_loss, params, task["support"], steps=steps,
-                            lr=lr, mask=mask, optimizer=algo.inner_optimizer,
-                            observe=query_metric, lr_per_step=lr_per_step,
-                            step_arg=algo.per_step_bn)
+    _, after_T, *_ = inner_loop(inner_loss, params, task["support"], steps=steps,
+                                lr=lr, mask=mask, optimizer=algo.inner_optimizer,
+                                observe=query_metric, lr_per_step=lr_per_step,
+                                step_arg=algo.per_step_bn, adam_carry=adam_carry)
     before = query_metric(params)[None]
     return before if after_T is None else jnp.concatenate([before, after_T])
 

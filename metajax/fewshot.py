@@ -133,7 +133,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   val_on_device = None if val_images is None else sharding.replicate(val_images, mesh)
 
   def validate(state):
-    acc = summarize(evaluate(state.meta_params(), val_on_device, config.val_tasks))
+    acc = summarize(evaluate(state.adaptation_params(), val_on_device, config.val_tasks))
     return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"],
             "score": acc["final_accuracy"]}
 
@@ -152,7 +152,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     best_val = checkpoints.metrics(best_step)["score"]
     state, _ = checkpoints.restore(best_step, state)
   checkpoints.close()
-  chosen = sharding.host_tree(state.meta_params())
+  chosen = sharding.host_tree(state.adaptation_params())
   t0 = time.perf_counter()
   test = summarize(evaluate(chosen, sharding.replicate(test_images, mesh), config.eval_tasks))
   test_s = time.perf_counter() - t0

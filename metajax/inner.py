@@ -32,9 +32,17 @@ def _preconditioner(name: str) -> optax.GradientTransformation:
   if name == "sgd":
     return optax.identity()
   if name == "adam":
-    # The Reptile paper's inner Adam uses beta1 = 0.
-    return optax.scale_by_adam(b1=0.0, b2=0.99)
+    # Reptile's reference code: TensorFlow's Adam with beta1 = 0 (beta2 0.999).
+    return optax.scale_by_adam(b1=0.0, b2=0.999)
   raise ValueError(f"inner optimizer {name!r} is not one of {INNER_OPTIMIZERS}")
+
+
+def fresh_adam_carry(params: PyTree) -> dict:
+  """The carried inner-Adam state before any step: {"count": 0, "nu": zeros
+  like params}. With beta1 = 0 the first moment is just the last gradient, so
+  the second moment and the step count are all there is to carry."""
+  return {"count": jnp.zeros((), jnp.int32),
+          "nu": jax.tree.map(jnp.zeros_like, params)}
 
 
 def _scale(lr: Any, updates: PyTree) -> PyTree:
@@ -60,8 +68,10 @@ def inner_loop(
     inner_batch: int = 0,
     lr_per_step: bool = False,
     step_arg: bool = False,
+    adam_carry: Optional[dict] = None,
 ):
-  """Runs `steps` inner gradient steps; returns (adapted_params, observed).
+  """Runs `steps` inner gradient steps; returns (adapted_params, observed), or
+  (adapted_params, observed, adam_carry_after) when `adam_carry` is given.
 
   Args:
     loss_fn: `loss_fn(params, batch) -> scalar`.
@@ -91,6 +101,11 @@ def inner_loop(
       also receive the index t of the inner step (0-based, traced), e.g. to
       pick per-step batch-norm parameters (MAML++). `observe` after step t
       gets the same t as the support loss of step t.
+    adam_carry: optimizer="adam" only: start from this inner-Adam state,
+      {"count": int32 scalar, "nu": pytree like params} (`fresh_adam_carry`),
+      instead of a fresh one, and also return the state after the steps.
+      Reptile's reference code keeps its inner Adam's moments from task to
+      task; `metajax.reptile` carries them this way.
   """
   if steps < 0:
     raise ValueError(f"inner steps must be >= 0, got {steps}")
@@ -122,6 +137,12 @@ def inner_loop(
   precond = _preconditioner(optimizer)
   adapted0 = [leaves[i] for i in adapt_idx]
   opt_state0 = precond.init(adapted0)
+  if adam_carry is not None:
+    if optimizer != "adam":
+      raise ValueError(f"adam_carry needs optimizer='adam', got {optimizer!r}")
+    nu_all = treedef.flatten_up_to(adam_carry["nu"])
+    opt_state0 = opt_state0._replace(count=adam_carry["count"],
+                                     nu=[nu_all[i] for i in adapt_idx])
 
   batch_idx_TxB = None
   if inner_batch:
@@ -158,7 +179,13 @@ def inner_loop(
   else:
     carry, observed = jax.lax.scan(step, carry, (jnp.arange(steps), batch_idx_TxB),
                                    length=steps)
-  return merge(carry[0]), observed
+  if adam_carry is None:
+    return merge(carry[0]), observed
+  nu = treedef.flatten_up_to(adam_carry["nu"])
+  for i, n in zip(adapt_idx, carry[1].nu):
+    nu[i] = n
+  return merge(carry[0]), observed, {"count": carry[1].count,
+                                     "nu": jax.tree.unflatten(treedef, nu)}
 
 
 def adapt(

@@ -87,8 +87,10 @@ def _reptile_settings(dataset: str, ways: int, shots: int) -> dict:
   inner minibatches of 10 images (20 for Omniglot 20-way) walking through the
   shuffled support set (Omniglot 5-way: 5 x 10 = one pass over its 50 images;
   mini-ImageNet: 8 x 10 wraps 5 images of its 75), 50 inner steps at test on
-  the whole support set."""
-  s = dict(algorithm="reptile", inner_optimizer="adam", outer_optimizer="sgd",
+  the whole support set. The inner Adam's state carries over between tasks and
+  into evaluation, as the reference code's TensorFlow optimizer does."""
+  s = dict(algorithm="reptile", inner_optimizer="adam", carry_inner_adam=True,
+           outer_optimizer="sgd",
            outer_lr=1.0, outer_lr_schedule="linear", meta_batch=5, k_query=1,
            eval_max_steps=50, inner_batch=10)
   if dataset == "omniglot" and ways == 5:

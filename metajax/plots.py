@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from metajax.algorithms import Algorithm, inner_lr, inner_mask  # noqa: E402
 from metajax.imaml import proximal_loss  # noqa: E402
-from metajax.inner import adapt  # noqa: E402
+from metajax.inner import inner_loop  # noqa: E402
 from metajax.tasks.sinusoid import sine  # noqa: E402
 
 
@@ -37,9 +37,9 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
     # iMAML adapts on its proximal objective, as in its evaluation.
     loss = (proximal_loss(problem.loss_fn, params, algo.lam) if algo.name == "imaml"
             else problem.loss_fn)
-    phi = adapt(loss, params, task["support"], steps=steps, lr=lr,
-                mask=inner_mask(algo, params), optimizer=algo.inner_optimizer,
-                lr_per_step=algo.lslr)
+    phi = inner_loop(loss, params, task["support"], steps=steps, lr=lr,
+                     mask=inner_mask(algo, params), optimizer=algo.inner_optimizer,
+                     lr_per_step=algo.lslr, adam_carry=meta_params.get("adam_carry"))[0]
     ax.plot(x_Nx1[:, 0], problem.predict(phi, x_Nx1)[:, 0], style,
             color="tab:green", label=f"{steps} grad step{'s' * (steps > 1)}")
   xs, ys = task["support"]

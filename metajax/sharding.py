@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -131,7 +132,12 @@ def shard_tasks(mean_over_tasks: Callable, mesh: Optional[Mesh]) -> Callable:
     # The replicated params become this device's own copy first: otherwise
     # jax.grad w.r.t. them inside shard_map sums the cotangent over devices,
     # so an inner (per-task) gradient would include every device's tasks.
-    return jax.lax.pmean(mean_over_tasks(_varying(meta_params), tasks, *rest), TASK_AXIS)
+    # So do other float inputs (a carried optimizer state that the tasks'
+    # scans update); integers (the meta-step, a step count) are the same on
+    # every device, stay so, and come back as they are: a mean would make
+    # them floats.
+    out = mean_over_tasks(_varying(meta_params), tasks, *_floats_varying(rest))
+    return jax.tree.map(lambda x: jax.lax.pmean(x, TASK_AXIS) if _is_float(x) else x, out)
 
   def sharded(meta_params, tasks, *rest):
     return jax.shard_map(per_device, mesh=mesh,
@@ -139,6 +145,14 @@ def shard_tasks(mean_over_tasks: Callable, mesh: Optional[Mesh]) -> Callable:
                          out_specs=P())(meta_params, tasks, *rest)
 
   return sharded
+
+
+def _is_float(x) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _floats_varying(tree):
+  return jax.tree.map(lambda x: _varying(x) if _is_float(x) else x, tree)
 
 
 def _varying(tree):

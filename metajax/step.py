@@ -17,7 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from metajax.algorithms import Algorithm, meta_gradient
-from metajax.inner import LossFn, PyTree
+from metajax.inner import LossFn, PyTree, fresh_adam_carry
 from metajax.sharding import constrain_state, shard_tasks
 
 
@@ -28,9 +28,16 @@ class TrainState:
   inner_lr: PyTree       # learned rates (Meta-SGD per entry, LSLR per leaf and step), else None
   opt_state: Any         # optax state over {"params", "inner_lr"}
   key: jax.Array         # base key; step t uses fold_in(key, t)
+  adam_carry: Any = None  # Reptile's carried inner-Adam state {"count", "nu"}, else None
 
   def meta_params(self) -> dict:
+    """What the outer optimizer updates: theta and the learned inner rates."""
     return {"params": self.params, "inner_lr": self.inner_lr}
+
+  def adaptation_params(self) -> dict:
+    """What adapting to a new task starts from: `meta_params()`, plus the
+    carried inner-Adam state (Reptile) where there is one."""
+    return {**self.meta_params(), "adam_carry": self.adam_carry}
 
 
 def make_outer_optimizer(config) -> optax.GradientTransformation:
@@ -65,7 +72,8 @@ def init_state(algo: Algorithm, params: PyTree,
   meta_params = {"params": params, "inner_lr": inner_lr}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     inner_lr=inner_lr, opt_state=optimizer.init(meta_params),
-                    key=key)
+                    key=key,
+                    adam_carry=fresh_adam_carry(params) if algo.carry_inner_adam else None)
 
 
 def make_meta_step(algo: Algorithm, loss_fn: LossFn,
@@ -86,17 +94,20 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
   the next step draws new tasks); its metrics say `skipped`.
   """
   gradient = shard_tasks(
-      lambda meta_params, tasks, step: meta_gradient(algo, loss_fn, meta_params, tasks,
-                                                     step), mesh)
+      lambda meta_params, tasks, step, *carry: meta_gradient(
+          algo, loss_fn, meta_params, tasks, step, *carry), mesh)
 
   def meta_step(state: TrainState, key, data=None) -> tuple[TrainState, dict]:
     tasks = sample_tasks(key) if data is None else sample_tasks(key, data)
     meta_params = state.meta_params()
-    loss, grads = gradient(meta_params, tasks, state.step)
+    carry = () if state.adam_carry is None else (state.adam_carry,)
+    # With a carried inner Adam, its next state (the mean over every task).
+    loss, grads, *carry = gradient(meta_params, tasks, state.step, *carry)
     updates, opt_state = optimizer.update(grads, state.opt_state, meta_params)
     new_params = optax.apply_updates(meta_params, updates)
     new = state.replace(step=state.step + 1, params=new_params["params"],
-                        inner_lr=new_params["inner_lr"], opt_state=opt_state)
+                        inner_lr=new_params["inner_lr"], opt_state=opt_state,
+                        adam_carry=carry[0] if carry else None)
     if not skip_nonfinite:
       return constrain_state(new, mesh, param_sharding), {"loss": loss}
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(

@@ -164,11 +164,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                             keep=config.keep_checkpoints)
   state, stats = loop.run(
       config, state, meta_step, workdir, checkpoints,
-      on_boundary=validate and (lambda s: validate(s.meta_params())),
+      on_boundary=validate and (lambda s: validate(s.adaptation_params())),
       progress=progress, desc=f"{config.algorithm} K={config.k_shot}")
   checkpoints.close()
 
-  meta_params = sharding.host_tree(state.meta_params())
+  meta_params = sharding.host_tree(state.adaptation_params())
   result = evaluate(config, algo, problem, meta_params)
   result.update({
       "algorithm": config.algorithm, "first_order": algo.first_order,

@@ -19,18 +19,19 @@ def _task_batch(key, n_tasks, **kw):
   return tasks, jax.tree.map(lambda *xs: jnp.stack(xs), *tasks)
 
 
-def _np_inner(w, X, y, steps, lr, optimizer):
-  """The inner loop written out in numpy: SGD, or Adam with beta1 = 0."""
+def _np_inner(w, X, y, steps, lr, optimizer, nu=0.0, count=0):
+  """The inner loop written out in numpy: SGD, or Adam with beta1 = 0 starting
+  from second moment `nu` after `count` earlier steps; returns (w, nu)."""
   w = np.array(w)
-  nu = np.zeros_like(w)
-  for t in range(1, steps + 1):
+  nu = np.zeros_like(w) + nu
+  for t in range(count + 1, count + steps + 1):
     g = 2 * X.T @ (X @ w - y) / len(X)
     if optimizer == "sgd":
       w = w - lr * g
-    else:  # Adam, beta1 = 0, beta2 = 0.99, eps = 1e-8, bias-corrected nu
-      nu = 0.99 * nu + 0.01 * g * g
-      w = w - lr * g / (np.sqrt(nu / (1 - 0.99 ** t)) + 1e-8)
-  return w
+    else:  # Adam, beta1 = 0, beta2 = 0.999, eps = 1e-8, bias-corrected nu
+      nu = 0.999 * nu + 0.001 * g * g
+      w = w - lr * g / (np.sqrt(nu / (1 - 0.999 ** t)) + 1e-8)
+  return w, nu
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -48,7 +49,7 @@ def test_reptile_update_equals_formula(optimizer):
     updates, _ = opt.update(grads, opt.init(meta_params), meta_params)
     new_theta = optax.apply_updates(meta_params, updates)["params"]["w"]
     phis = [_np_inner(theta, np.asarray(t["support"][0]), np.asarray(t["support"][1]),
-                      steps, lr, optimizer) for t in task_list]
+                      steps, lr, optimizer)[0] for t in task_list]
     expected = np.asarray(theta) + eps * (np.mean(phis, axis=0) - np.asarray(theta))
     np.testing.assert_allclose(new_theta, expected, rtol=1e-10)
 
@@ -75,11 +76,58 @@ def test_reptile_inner_minibatches_walk_through_the_support(optimizer):
         if optimizer == "sgd":
           w = w - lr * g
         else:
-          nu = 0.99 * nu + 0.01 * g * g
-          w = w - lr * g / (np.sqrt(nu / (1 - 0.99 ** i)) + 1e-8)
+          nu = 0.999 * nu + 0.001 * g * g
+          w = w - lr * g / (np.sqrt(nu / (1 - 0.999 ** i)) + 1e-8)
       phis.append(w)
     np.testing.assert_allclose(grads["params"]["w"], np.asarray(theta) - np.mean(phis, 0),
                                rtol=1e-10)
+
+
+def test_reptile_carried_inner_adam_over_meta_steps():
+  """Three meta-steps with the inner Adam's second moment carried: each task
+  starts from the carried (nu, count), the next nu is the tasks' mean, and the
+  count advances by the inner steps. Against the numpy loop, one meta-step at
+  a time through the jitted train step (so the state round trip is checked)."""
+  from metajax.step import TrainState, init_state, make_meta_step
+  with jax.enable_x64(True):
+    task_list, tasks = _task_batch(jax.random.PRNGKey(4), 3, dim=3)
+    theta = jax.random.normal(jax.random.PRNGKey(5), (3, 1), jnp.float64)
+    eps, lr, steps = 0.5, 0.05, 4
+    algo = Algorithm(name="reptile", steps=steps, inner_lr=lr, inner_optimizer="adam",
+                     carry_inner_adam=True)
+    loss_fn = lambda p, b: linear_loss(p["w"], b)
+    opt = optax.sgd(eps)
+    state = init_state(algo, {"w": theta}, opt, jax.random.PRNGKey(0))
+    assert isinstance(state, TrainState) and int(state.adam_carry["count"]) == 0
+    step = jax.jit(make_meta_step(algo, loss_fn, lambda key: tasks, opt))
+    w, nu = np.asarray(theta), np.zeros((3, 1))
+    for m in range(3):
+      state, _ = step(state, jax.random.PRNGKey(m))
+      outs = [_np_inner(w, *map(np.asarray, t["support"]), steps, lr, "adam", nu, m * steps)
+              for t in task_list]
+      w = w + eps * (np.mean([o[0] for o in outs], 0) - w)
+      nu = np.mean([o[1] for o in outs], 0)
+      np.testing.assert_allclose(state.params["w"], w, rtol=1e-10)
+      np.testing.assert_allclose(state.adam_carry["nu"]["w"], nu, rtol=1e-10)
+      assert int(state.adam_carry["count"]) == (m + 1) * steps
+    # Evaluation adapts from the carried state too.
+    from metajax.evaluate import adaptation_losses
+    losses = adaptation_losses(algo, loss_fn, state.adaptation_params(), tasks, steps=steps)
+    phi0 = _np_inner(w, *map(np.asarray, task_list[0]["support"]), steps, lr, "adam", nu,
+                     3 * steps)[0]
+    X, y = map(np.asarray, task_list[0]["query"])
+    np.testing.assert_allclose(losses[0, -1], np.mean((X @ phi0 - y) ** 2), rtol=1e-9)
+
+
+def test_carry_inner_adam_needs_reptile_with_adam():
+  from metajax import config as config_lib
+  c = config_lib.sinusoid_base()
+  c.update(dict(algorithm="reptile", carry_inner_adam=True))
+  with pytest.raises(config_lib.ConfigError, match="needs algorithm='reptile' and "
+                     "inner_optimizer='adam' \\(got 'reptile', 'sgd'\\)"):
+    config_lib.validate(c)
+  c.inner_optimizer = "adam"
+  config_lib.validate(c)
 
 
 def test_inner_batch_is_only_for_reptile():

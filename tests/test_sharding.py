@@ -68,9 +68,11 @@ def _sine(meta_batch=16):
   return problem, params
 
 
-def _gradient(algo, loss_fn, meta_params, tasks, mesh):
-  fn = sharding.shard_tasks(lambda mp, t: meta_gradient(algo, loss_fn, mp, t), mesh)
-  return jax.jit(fn)(sharding.replicate(meta_params, mesh), tasks)
+def _gradient(algo, loss_fn, meta_params, tasks, mesh, *carry):
+  fn = sharding.shard_tasks(lambda mp, t, *c: meta_gradient(algo, loss_fn, mp, t, None, *c),
+                            mesh)
+  return jax.jit(fn)(sharding.replicate(meta_params, mesh), tasks,
+                     *sharding.replicate(carry, mesh))
 
 
 def _close(a, b, rtol):
@@ -82,22 +84,32 @@ def _close(a, b, rtol):
 # One case per distinct code path: fomaml, metasgd and anil meta-learn through
 # the same maml_loss as maml (their 1-device gradients: test_algorithms).
 @pytest.mark.parametrize("name,batching", [
-    ("maml", "vmap"), ("reptile", "vmap"), ("imaml", "vmap"), ("maml", "scan")])
+    ("maml", "vmap"), ("reptile", "vmap"), ("reptile-carry", "vmap"), ("imaml", "vmap"),
+    ("maml", "scan")])
 def test_meta_gradient_same_on_1_and_8_devices(name, batching):
   # float64: iMAML's conjugate gradient amplifies float32 summation-order noise.
   with jax.enable_x64(True):
     problem, params = _sine()
     f64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
     tasks = f64(problem.sample_tasks(jax.random.PRNGKey(1)))
-    algo = Algorithm.named(name, steps=2, inner_lr=0.01, batching=batching, task_chunk=2)
+    # reptile-carry: inner Adam from a carried state; its next state (the mean
+    # over all tasks, count unchanged by the device mean) is compared too.
+    carry = name == "reptile-carry"
+    algo = Algorithm.named(name.split("-")[0], steps=2, inner_lr=0.01, batching=batching,
+                           task_chunk=2, inner_optimizer="adam" if carry else "sgd",
+                           carry_inner_adam=carry)
+    carried = ({"count": jnp.asarray(7, jnp.int32),
+                "nu": jax.tree.map(lambda p: 1e-3 + 0.0 * p, f64(params))},) if carry else ()
     inner_lr = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params) \
         if algo.learn_inner_lr else None
     meta_params = f64({"params": params, "inner_lr": inner_lr})
-    one = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(1))
+    one = _gradient(algo, problem.loss_fn, meta_params, tasks, sharding.make_mesh(1), *carried)
     mesh8 = sharding.make_mesh(8)
     assert mesh8.size == 8
-    eight_ = _gradient(algo, problem.loss_fn, meta_params, tasks, mesh8)
+    eight_ = _gradient(algo, problem.loss_fn, meta_params, tasks, mesh8, *carried)
     _close(one, eight_, 1e-9)
+    if carry:
+      assert eight_[2]["count"].dtype == jnp.int32 and int(eight_[2]["count"]) == 9
 
 
 @eight
