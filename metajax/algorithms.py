@@ -47,7 +47,8 @@ class Algorithm:
   carry_inner_adam: bool = False    # Reptile: inner Adam's state carries over (reptile.py)
   lam: float = 1.0                  # iMAML: proximal strength lambda
   cg_steps: int = 5                 # iMAML: conjugate-gradient iterations
-  cg_damping: float = 0.0           # iMAML: CG damping
+  cg_damping: float = 0.0           # iMAML: CG damping (added to I)
+  cg_lam_damping: float = 0.0       # iMAML: CG damping (added to lam)
   lslr: bool = False                # MAML++: learned per-layer per-step inner rates
   msl_steps: int = 0                # MAML++: meta-steps with the multi-step loss
   first_order_steps: int = 0        # MAML++: meta-steps of first order before second
@@ -77,6 +78,7 @@ class Algorithm:
         lam=float(config.imaml_lam),
         cg_steps=config.cg_steps,
         cg_damping=float(config.cg_damping),
+        cg_lam_damping=float(config.cg_lam_damping),
         lslr=bool(config.lslr),
         msl_steps=config.msl_steps,
         first_order_steps=config.first_order_steps,
@@ -155,7 +157,8 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
   if algo.name == "imaml":
     one = lambda task: imaml_task_grad(
         loss_fn, params, task, steps=algo.steps, lr=algo.inner_lr, lam=algo.lam,
-        cg_steps=algo.cg_steps, cg_damping=algo.cg_damping)
+        cg_steps=algo.cg_steps, cg_damping=algo.cg_damping,
+        cg_lam_damping=algo.cg_lam_damping)
     loss, grads = task_mean(one, tasks, strategy=algo.batching, chunk=algo.task_chunk)
     return loss, {"params": grads, "inner_lr": None}
 

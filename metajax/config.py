@@ -93,7 +93,8 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
   """iMAML's implicit meta-gradient (used only with algorithm="imaml")."""
   c.imaml_lam = 1.0             # proximal strength lambda in (lam/2)||phi - theta||^2
   c.cg_steps = 5                # conjugate-gradient iterations for (I + H/lam)^-1
-  c.cg_damping = 0.0            # CG solves ((1 + damping) I + H/lam) g = grad
+  c.cg_damping = 0.0            # CG solves ((1 + cg_damping) I + H/lam) g = grad
+  c.cg_lam_damping = 0.0        # ... with H/(lam + cg_lam_damping) (authors' code: 10)
 
 
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
@@ -276,9 +277,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"inner_optimizer={config.inner_optimizer!r} is only supported "
                       f"for algorithm='reptile' (got algorithm={config.algorithm!r}); "
                       "use 'sgd'")
-  d = config.cg_damping
-  if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
-    raise ConfigError(f"cg_damping must be a finite number >= 0, got {d!r}")
+  for key in ("cg_damping", "cg_lam_damping"):
+    d = config[key]
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
+      raise ConfigError(f"{key} must be a finite number >= 0, got {d!r}")
   if config.inner_batch and config.algorithm != "reptile":
     raise ConfigError(f"inner_batch={config.inner_batch} is Reptile's inner minibatch size; "
                       f"algorithm={config.algorithm!r} adapts on the whole support set: use 0")

@@ -13,9 +13,10 @@ At the solution, the implicit function theorem gives
 so the meta-gradient of L_query(phi*) is g = (I + H / lam)^-1 grad L_query(phi*),
 found by `cg_steps` of conjugate gradient on
 
-  ((1 + cg_damping) I + H / lam) g = grad L_query(phi*)
+  ((1 + cg_damping) I + H / (lam + cg_lam_damping)) g = grad L_query(phi*)
 
-with Hessian-vector products `jax.jvp` of `jax.grad` (never forming H). Memory
+(both dampings 0 give the exact system; the iMAML authors' Omniglot code uses
+cg_damping = 1 and adds 10 to lam inside CG only) with Hessian-vector products `jax.jvp` of `jax.grad` (never forming H). Memory
 is that of one inner step and of the CG vectors, whatever `steps` is.
 """
 
@@ -77,6 +78,7 @@ def proximal_loss(loss_fn: LossFn, theta: PyTree, lam: float) -> LossFn:
 
 def imaml_task_grad(loss_fn: LossFn, params: PyTree, task: dict, *, steps: int,
                     lr: float, lam: float, cg_steps: int, cg_damping: float = 0.0,
+                    cg_lam_damping: float = 0.0,
                     optimizer: str = "sgd") -> tuple[jax.Array, PyTree]:
   """(query loss at phi*, implicit meta-gradient w.r.t. theta) for one task.
 
@@ -84,7 +86,8 @@ def imaml_task_grad(loss_fn: LossFn, params: PyTree, task: dict, *, steps: int,
     task: {"support": batch, "query": batch} as in `metajax.maml_loss`.
     steps, lr, optimizer: the inner solver of the proximal problem.
     lam: the proximal strength lambda (> 0).
-    cg_steps, cg_damping: conjugate-gradient iterations and damping.
+    cg_steps, cg_damping, cg_lam_damping: conjugate-gradient iterations and
+      the two dampings of its matrix (module docstring).
   """
   theta = jax.lax.stop_gradient(params)
   phi, _ = inner_loop(proximal_loss(loss_fn, theta, lam), theta, task["support"],
@@ -98,7 +101,7 @@ def imaml_task_grad(loss_fn: LossFn, params: PyTree, task: dict, *, steps: int,
 
   def matvec(v):
     hvp = jax.jvp(support_grad, (flat_phi,), (v,))[1]
-    return (1.0 + cg_damping) * v + hvp / lam
+    return (1.0 + cg_damping) * v + hvp / (lam + cg_lam_damping)
 
   g = conjugate_gradient(matvec, ravel_pytree(query_grad)[0], cg_steps)
   return query_loss, unravel(g)

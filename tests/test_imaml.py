@@ -50,6 +50,12 @@ class QuadraticTest(chex.TestCase):
       expected = lam * np.linalg.solve(A + lam * np.eye(d), B.T @ (B @ phi_star - c))
       np.testing.assert_allclose(loss, 0.5 * np.sum((B @ phi_star - c) ** 2), rtol=1e-9)
       np.testing.assert_allclose(grad["w"], expected, rtol=1e-8)
+      # Damped: CG solves ((1 + 0.5) I + A / (lam + 10)) g = grad L_query(phi*).
+      _, damped = self.variant(lambda th: imaml_task_grad(
+          loss_fn, {"w": th}, task, steps=3000, lr=0.05, lam=lam, cg_steps=d,
+          cg_damping=0.5, cg_lam_damping=10.0))(jnp.asarray(theta))
+      np.testing.assert_allclose(damped["w"], np.linalg.solve(
+          1.5 * np.eye(d) + A / (lam + 10.0), B.T @ (B @ phi_star - c)), rtol=1e-8)
 
 
 def test_converges_to_the_unrolled_gradient_of_the_proximal_solution():
