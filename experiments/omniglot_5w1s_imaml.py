@@ -1,0 +1,21 @@
+r"""iMAML on Omniglot 5-way 1-shot.
+
+Command (prepare the data once first: see docs/DATA.md):
+  python -m metajax.train --config experiments/omniglot_5w1s_imaml.py --workdir runs/omniglot_5w1s_imaml
+
+Paper: 99.16 ± 0.35 % (Rajeswaran et al. 2019, Table 2, iMAML with GD inner steps;
+       iMAML-HF: 99.50 ± 0.26).
+Ours: not measured yet (docs/RESULTS.md lists what has been run).
+"""
+
+from metajax.papers import paper_config
+
+
+def get_config():
+  config = paper_config("imaml", "omniglot", ways=5, shots=1)
+  # The published settings it sets (edit any of them here; metajax.papers says
+  # where they come from and how the inner loop differs from the authors' code):
+  #   algorithm='imaml', inner_steps=16, inner_lr=0.1, imaml_lam=2.0, cg_steps=5,
+  #   cg_damping=1.0, cg_lam_damping=10.0, outer_lr=0.001, num_steps=20000, eval_max_steps=16,
+  #   k_query=1, filters=64, meta_batch=32
+  return config
