@@ -155,10 +155,16 @@ def test_resume_with_a_changed_config_is_refused_with_a_diff(reference, tmp_path
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
   assert (tmp_path / "config.json").read_text() == config_json
   # Run-length and logging keys may change: a longer run continues.
+  first = json.load(open(reference / "eval.json"))
   rc = main([*ARGS, "--workdir", str(tmp_path), f"--config.num_steps={STEPS + 100}",
              "--config.log_every=50"])
   assert rc == 0
   assert str(STEPS + 100) in os.listdir(tmp_path / "checkpoints")
+  # Its times add the first session's (which a resume that only tests reports).
+  resumed = json.load(open(tmp_path / "eval.json"))
+  assert resumed["resumed_from_step"] == STEPS
+  assert resumed["compile_s"] > first["compile_s"] > 0
+  assert resumed["train_wall_s"] > first["train_wall_s"]
 
 
 def test_fewer_steps_than_done_and_all_checkpoints_unreadable_are_errors(reference, tmp_path,
