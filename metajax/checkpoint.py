@@ -62,6 +62,12 @@ def check_resumable(saved: dict, now: dict, directory: str) -> None:
   A key the saved config lacks (added to metajax after the run began) counts
   as unchanged when `now` has it at its default, which is what the run used.
   """
+  if saved.get("inner_optimizer") == "adam" and "carry_inner_adam" not in saved:
+    raise ConfigError(
+        f"{directory} holds a run with inner_optimizer='adam' checkpointed by an older "
+        "metajax, whose inner Adam used beta2 = 0.99 and a fresh state per task (now "
+        "beta2 = 0.999, as Reptile's reference code); resuming it would mix the two. "
+        "Start it again in a new --workdir.")
   base = base_for(now)
   saved = dict(saved)
   for key, value in now.items():

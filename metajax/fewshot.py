@@ -126,6 +126,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   if protonet:  # ProtoNet's "loss_fn" is the episode loss (metajax.algorithms)
     loss_fn = lambda params, task: episode_loss(problem.embed, params, task, train_ways)
   meta_step = make_meta_step(algo, loss_fn, sample, optimizer, mesh=mesh,
+                             param_sharding=config.param_sharding,
                              skip_nonfinite=config.on_nan == "skip")
   evaluate = make_evaluator(config, algo, problem, mean, std)
 

@@ -185,6 +185,17 @@ def test_fewer_steps_than_done_and_all_checkpoints_unreadable_are_errors(referen
   assert sorted(os.listdir(tmp_path / "checkpoints.unreadable"), key=int) == steps
 
 
+def test_an_inner_adam_run_from_before_beta2_0999_is_not_resumed():
+  from metajax.checkpoint import check_resumable
+  from metajax.config import ConfigError, sinusoid_base
+  now = sinusoid_base()
+  now.update(dict(algorithm="reptile", inner_optimizer="adam"))
+  saved = {k: v for k, v in now.to_dict().items() if k != "carry_inner_adam"}
+  with pytest.raises(ConfigError, match="inner Adam used beta2 = 0.99"):
+    check_resumable(saved, now.to_dict(), "runs/old")
+  check_resumable(now.to_dict(), now.to_dict(), "runs/new")  # the same metajax: fine
+
+
 def test_schedule_length_may_not_change_on_resume():
   saved = load_config(os.path.join(ROOT, "experiments", "sine_maml.py")).to_dict()
   saved["outer_lr_schedule"] = "cosine"

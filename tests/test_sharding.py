@@ -195,6 +195,39 @@ def test_training_cli_uses_all_devices_and_refuses_an_uneven_split(tmp_path, cap
   assert "meta_batch=25 does not split evenly over 8 devices" in capsys.readouterr().err
 
 
+@eight
+def test_fewshot_training_keeps_a_sharded_state(tmp_path, monkeypatch):
+  # The image-task path with the state sharded: Reptile with its carried inner
+  # Adam (a state the step computes inside shard_map), two calls of one
+  # compiled 10-step chunk, so a layout that drifted would be refused.
+  from metajax import fewshot
+  from metajax.checkpoint import Checkpoints
+  from metajax.step import init_state
+  from metajax.tasks.fewshot import Problem
+  images = np.asarray(jax.random.randint(jax.random.PRNGKey(0), (12, 6, 16, 16, 1), 0, 256),
+                      np.uint8)
+  monkeypatch.setattr(fewshot, "load_images", lambda config, split: images)
+  config = config_lib.fewshot_base("omniglot")
+  config.update(dict(algorithm="reptile", inner_optimizer="adam", carry_inner_adam=True,
+                     inner_lr=0.001, inner_steps=2, outer_optimizer="sgd", outer_lr=1.0,
+                     filters=8, meta_batch=8, k_query=1, num_steps=20, steps_per_call=10,
+                     log_every=10, eval_every=0, eval_tasks=8, eval_batch=8,
+                     eval_max_steps=2, eval_query=1, conv_impl="xla", plots=False,
+                     param_sharding="sharded"))
+  result = fewshot.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert result["devices"] == 8 and result["iterations"] == 20
+  template = init_state(fewshot.algorithm(config),
+                        Problem(ways=5, filters=8, image_shape=(16, 16, 1)).init_params(
+                            jax.random.PRNGKey(0)), optax.sgd(1.0), jax.random.PRNGKey(1))
+  mesh = sharding.make_mesh(8)
+  checkpoints = Checkpoints(str(tmp_path / "checkpoints"))
+  state, _ = checkpoints.restore(20, sharding.place_state(template, mesh, "sharded"))
+  checkpoints.close()
+  nu = state.adam_carry["nu"]["block_1"]["kernel"]  # 3x3x8x8: 1 input channel per device
+  assert nu.addressable_shards[0].data.shape == (3, 3, 1, 8)
+  assert int(state.adam_carry["count"]) == 40 and float(jnp.max(nu)) > 0
+
+
 def test_two_processes_give_the_same_params_as_one(tmp_path):
   """Multi-host on one machine: 2 processes x 4 CPU devices, jax.distributed over
   localhost (gloo), with params and optimizer state sharded over all 8 devices
