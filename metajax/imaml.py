@@ -16,8 +16,9 @@ found by `cg_steps` of conjugate gradient on
   ((1 + cg_damping) I + H / (lam + cg_lam_damping)) g = grad L_query(phi*)
 
 (both dampings 0 give the exact system; the iMAML authors' Omniglot code uses
-cg_damping = 1 and adds 10 to lam inside CG only) with Hessian-vector products `jax.jvp` of `jax.grad` (never forming H). Memory
-is that of one inner step and of the CG vectors, whatever `steps` is.
+cg_damping = 1 and adds 10 to lam inside CG only) with Hessian-vector
+products `jax.jvp` of `jax.grad` (never forming H). Memory is that of one
+inner step and of the CG vectors, whatever `steps` is.
 """
 
 from __future__ import annotations

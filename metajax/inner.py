@@ -181,7 +181,7 @@ def inner_loop(
                                    length=steps)
   if adam_carry is None:
     return merge(carry[0]), observed
-  nu = treedef.flatten_up_to(adam_carry["nu"])
+  nu = list(nu_all)  # leaves not adapted keep their carried moment
   for i, n in zip(adapt_idx, carry[1].nu):
     nu[i] = n
   return merge(carry[0]), observed, {"count": carry[1].count,

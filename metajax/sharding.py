@@ -5,7 +5,8 @@ A `Mesh` with one axis, "tasks", holds every device of every host
 state are replicated too, or, with `param_sharding="sharded"`, each of their
 arrays is split over the same axis (ZeRO/FSDP-style storage: every device
 keeps 1/D of the state between steps, XLA all-gathers the parameters for the
-task computation and each device updates its own slice). Inside the jitted meta-step the sampled meta-batch is handed to
+task computation and each device updates its own slice). Inside the jitted
+meta-step the sampled meta-batch is handed to
 `jax.shard_map` with the task axis split over the mesh, each device takes
 the mean (loss, meta-gradient) of its own B/D tasks with the configured
 batching strategy, and `lax.pmean` over "tasks" makes it the mean over all B.
