@@ -35,8 +35,10 @@ def test_on_8_cpu_devices():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
              XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
              + " --xla_force_host_platform_device_count=8")
-  p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                      os.path.abspath(__file__), "-k", "not on_8_cpu"],
+  p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+                      os.path.abspath(__file__),
+                      # the two-process test sets its own devices: once is enough
+                      "-k", "not on_8_cpu and not two_processes"],
                      env=env, cwd=ROOT, capture_output=True, text=True)
   assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]
   summary = p.stdout.strip().splitlines()[-1]
