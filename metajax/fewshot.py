@@ -131,7 +131,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   evaluate = make_evaluator(config, algo, problem, mean, std)
 
   # Each split goes to the devices once, not at every validation.
-  val_on_device = None if val_images is None else sharding.replicate(val_images, mesh)
+  val_on_device = None if val_images is None else sharding.place_state(val_images, mesh)
 
   def validate(state):
     acc = summarize(evaluate(state.adaptation_params(), val_on_device, config.val_tasks))
@@ -142,7 +142,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                             keep=config.keep_checkpoints)
   state, stats = loop.run(
       config, state, meta_step, workdir, checkpoints,
-      data=sharding.replicate(train_images, mesh),
+      data=sharding.place_state(train_images, mesh),
       on_boundary=validate if config.eval_every else None, progress=progress,
       desc=f"{config.algorithm} {config.task} {config.ways}w{config.k_shot}s")
 
@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   checkpoints.close()
   chosen = sharding.host_tree(state.adaptation_params())
   t0 = time.perf_counter()
-  test = summarize(evaluate(chosen, sharding.replicate(test_images, mesh), config.eval_tasks))
+  test = summarize(evaluate(chosen, sharding.place_state(test_images, mesh), config.eval_tasks))
   test_s = time.perf_counter() - t0
   test_steps = 0 if protonet else config.eval_max_steps
   result = {

@@ -72,18 +72,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def replicate(tree, mesh: Mesh):
-  """Places host values (numpy or single-device arrays) on every device of `mesh`.
-
-  Every process must pass the same values (they are: same seed, same data).
-  """
-  sharding = replicated(mesh)
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
-
-
 def leaf_sharding(shape: tuple, mesh: Mesh, mode: str = "replicated") -> NamedSharding:
   """Where one state array lives: replicated, or (mode="sharded") split over
   the mesh along its largest axis that the device count divides. Arrays with
@@ -104,8 +92,9 @@ def state_shardings(tree, mesh: Mesh, mode: str = "replicated"):
 
 
 def place_state(tree, mesh: Mesh, mode: str = "replicated"):
-  """Places the train state (host or single-device values, the same in every
-  process) on `mesh`: replicated, or sharded per `leaf_sharding`."""
+  """Places host or single-device values (the train state, a data split; the
+  same in every process: same seed, same data) on `mesh`: replicated, or
+  sharded per `leaf_sharding`."""
   def put(x, sharding):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -73,8 +73,8 @@ def _sine(meta_batch=16):
 def _gradient(algo, loss_fn, meta_params, tasks, mesh, *carry):
   fn = sharding.shard_tasks(lambda mp, t, *c: meta_gradient(algo, loss_fn, mp, t, None, *c),
                             mesh)
-  return jax.jit(fn)(sharding.replicate(meta_params, mesh), tasks,
-                     *sharding.replicate(carry, mesh))
+  return jax.jit(fn)(sharding.place_state(meta_params, mesh), tasks,
+                     *sharding.place_state(carry, mesh))
 
 
 def _close(a, b, rtol):
