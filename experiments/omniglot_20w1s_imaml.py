@@ -17,5 +17,6 @@ def get_config():
   # where they come from and how the inner loop differs from the authors' code):
   #   algorithm='imaml', inner_steps=16, inner_lr=0.1, imaml_lam=2.0, cg_steps=5,
   #   cg_damping=1.0, cg_lam_damping=10.0, outer_lr=0.001, num_steps=20000, eval_max_steps=16,
+  #   imaml_eval_lam=0.0 (test adapts by plain GD, as the authors' code),
   #   k_query=1, filters=64, meta_batch=16
   return config

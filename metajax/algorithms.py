@@ -49,6 +49,7 @@ class Algorithm:
   cg_steps: int = 5                 # iMAML: conjugate-gradient iterations
   cg_damping: float = 0.0           # iMAML: CG damping (added to I)
   cg_lam_damping: float = 0.0       # iMAML: CG damping (added to lam)
+  eval_lam: float = -1.0            # iMAML: lambda of test-time adaptation (< 0: lam)
   lslr: bool = False                # MAML++: learned per-layer per-step inner rates
   msl_steps: int = 0                # MAML++: meta-steps with the multi-step loss
   first_order_steps: int = 0        # MAML++: meta-steps of first order before second
@@ -79,6 +80,7 @@ class Algorithm:
         cg_steps=config.cg_steps,
         cg_damping=float(config.cg_damping),
         cg_lam_damping=float(config.cg_lam_damping),
+        eval_lam=float(config.get("imaml_eval_lam", -1.0)),
         lslr=bool(config.lslr),
         msl_steps=config.msl_steps,
         first_order_steps=config.first_order_steps,

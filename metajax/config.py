@@ -95,6 +95,8 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
   c.cg_steps = 5                # conjugate-gradient iterations for (I + H/lam)^-1
   c.cg_damping = 0.0            # CG solves ((1 + cg_damping) I + H/lam) g = grad
   c.cg_lam_damping = 0.0        # ... with H/(lam + cg_lam_damping) (authors' code: 10)
+  c.imaml_eval_lam = -1.0       # lambda when adapting at test (and validation); < 0: imaml_lam;
+                                # 0: plain GD on the support loss (authors' code)
 
 
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
@@ -281,6 +283,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d = config[key]
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
       raise ConfigError(f"{key} must be a finite number >= 0, got {d!r}")
+  e = config.get("imaml_eval_lam", -1.0)
+  if isinstance(e, bool) or not isinstance(e, (int, float)) or not -math.inf < e < math.inf:
+    raise ConfigError(f"imaml_eval_lam must be a finite number (< 0: imaml_lam), got {e!r}")
   if config.inner_batch and config.algorithm != "reptile":
     raise ConfigError(f"inner_batch={config.inner_batch} is Reptile's inner minibatch size; "
                       f"algorithm={config.algorithm!r} adapts on the whole support set: use 0")

@@ -22,6 +22,16 @@ def mean_ci95(values) -> tuple[float, float]:
   return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(v.size))
 
 
+def test_time_objective(algo: Algorithm, loss_fn, params):
+  """The loss a task adapts on at test: the support loss, or for iMAML its
+  proximal objective with lambda = algo.eval_lam (< 0: the training lambda;
+  0: the plain support loss, as the iMAML authors' code tests)."""
+  if algo.name != "imaml":
+    return loss_fn
+  lam = algo.lam if algo.eval_lam < 0 else algo.eval_lam
+  return proximal_loss(loss_fn, params, lam) if lam > 0 else loss_fn
+
+
 def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
                       *, steps: int, lr=None, metric=None):
   """Query loss (or `metric(params, query)`) of each task before and after each
@@ -39,8 +49,7 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   mask = inner_mask(algo, params)
   metric = loss_fn if metric is None else metric
 
-  # iMAML adapts at test time as in training: on the proximal objective.
-  inner_loss = proximal_loss(loss_fn, params, algo.lam) if algo.name == "imaml" else loss_fn
+  inner_loss = test_time_objective(algo, loss_fn, params)
 
   # Reptile with a carried inner Adam adapts from the carried state, as the
   # reference code evaluates with its training-time optimizer.

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from metajax.algorithms import Algorithm, inner_lr, inner_mask  # noqa: E402
-from metajax.imaml import proximal_loss  # noqa: E402
+from metajax.evaluate import test_time_objective  # noqa: E402
 from metajax.inner import inner_loop  # noqa: E402
 from metajax.tasks.sinusoid import sine  # noqa: E402
 
@@ -34,9 +34,7 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
   ax.plot(x_Nx1[:, 0], problem.predict(params, x_Nx1)[:, 0], ":",
           color="0.4", label="pre-update")
   for steps, style in zip(step_counts, ("--", "-")):
-    # iMAML adapts on its proximal objective, as in its evaluation.
-    loss = (proximal_loss(problem.loss_fn, params, algo.lam) if algo.name == "imaml"
-            else problem.loss_fn)
+    loss = test_time_objective(algo, problem.loss_fn, params)  # as in evaluation
     phi = inner_loop(loss, params, task["support"], steps=steps, lr=lr,
                      mask=inner_mask(algo, params), optimizer=algo.inner_optimizer,
                      lr_per_step=algo.lslr, adam_carry=meta_params.get("adam_carry"))[0]

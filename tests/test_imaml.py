@@ -5,11 +5,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from metajax.imaml import conjugate_gradient, imaml_task_grad
 from metajax.inner import inner_loop
 from helpers import random_task, tanh_mlp_loss, tanh_mlp_params
+from test_episodes import synthetic_data  # noqa: F401 (fixture)
 
 
 def test_conjugate_gradient_solves_an_spd_system():
@@ -92,3 +94,51 @@ def test_damping_shrinks_the_gradient_toward_zero():
       tanh_mlp_loss, params, task, steps=5, lr=0.1, lam=1.0, cg_steps=10,
       cg_damping=damping)[1])[0])) for damping in (0.0, 1.0, 100.0)]
   assert norms[0] > norms[1] > norms[2] > 0, norms
+
+
+def test_test_time_lambda_zero_adapts_by_plain_gradient_descent():
+  # Test-time adaptation (metajax.evaluate) against hand-written GD loops on
+  # the plain support loss (imaml_eval_lam=0, the authors' test) and on the
+  # proximal objective with the training lambda (imaml_eval_lam < 0).
+  from metajax.algorithms import Algorithm
+  from metajax.config import ConfigError, sinusoid_base, validate
+  from metajax.evaluate import adaptation_losses
+  with jax.enable_x64(True):
+    theta = tanh_mlp_params(jax.random.PRNGKey(0))
+    task = random_task(jax.random.PRNGKey(1))
+    tasks = jax.tree.map(lambda a: a[None], task)
+    lam, lr, steps = 3.0, 0.05, 4
+
+    def gd_query_losses(prox):
+      phi, out = theta, [tanh_mlp_loss(theta, task["query"])]
+      for _ in range(steps):
+        loss = lambda p: tanh_mlp_loss(p, task["support"]) + prox * 0.5 * sum(
+            jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(theta)))
+        phi = jax.tree.map(lambda p, g: p - lr * g, phi, jax.grad(loss)(phi))
+        out.append(tanh_mlp_loss(phi, task["query"]))
+      return np.array(out)
+
+    for eval_lam, prox in ((0.0, 0.0), (-1.0, lam), (1.5, 1.5)):
+      algo = Algorithm.named("imaml", steps=1, inner_lr=lr, lam=lam, eval_lam=eval_lam)
+      got = adaptation_losses(algo, tanh_mlp_loss, {"params": theta, "inner_lr": None},
+                              tasks, steps=steps)[0]
+      np.testing.assert_allclose(got, gd_query_losses(prox), rtol=1e-10, err_msg=str(eval_lam))
+  c = sinusoid_base()
+  c.imaml_eval_lam = float("nan")
+  with pytest.raises(ConfigError, match="imaml_eval_lam must be a finite number"):
+    validate(c)
+
+
+def test_imaml_on_images_records_both_lambdas(tmp_path, synthetic_data):  # noqa: F811
+  # The image path end to end (conv-4, implicit gradient, test adaptation by
+  # plain GD); eval.json says which lambda each phase adapted with.
+  import json
+  from metajax.train import train_and_evaluate
+  from test_episodes import tiny_fewshot
+  r = train_and_evaluate(tiny_fewshot(algorithm="imaml", inner_steps=2, inner_lr=0.1,
+                                      imaml_lam=2.0, imaml_eval_lam=0.0, cg_steps=2,
+                                      num_steps=40, eval_every=20, conv_impl="xla"),
+                         str(tmp_path), progress=False)
+  saved = json.load(open(tmp_path / "eval.json"))
+  assert (saved["imaml_lam"], saved["imaml_eval_lam"]) == (2.0, 0.0)
+  assert r["steps"] == [0, 1, 2, 3] and np.all(np.isfinite(r["accuracy"]))
