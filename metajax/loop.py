@@ -96,7 +96,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   restored = checkpoints.restore_latest(
       state, check_meta=lambda meta: check_resumable(meta["config"], config_dict,
                                                      checkpoints.directory))
-  start, prior_wall_s, prior_run_s, prior_compile_s = 0, 0.0, 0.0, 0.0
+  start, prior_wall_s, prior_run_s, prior_compile_s, prior_eval_s = 0, 0.0, 0.0, 0.0, 0.0
   if restored is not None:
     state, meta = restored
     start = int(to_host(state.step))
@@ -106,6 +106,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
           f"done in {checkpoints.directory}; use num_steps >= {start} (or a new --workdir)")
     prior_wall_s, prior_run_s = meta["train_wall_s"], meta["run_s"]
     prior_compile_s = meta.get("compile_s", 0.0)  # absent from older checkpoints
+    prior_eval_s = meta.get("eval_s", 0.0)
     if progress:
       print(f"resuming from the checkpoint of meta-step {start} in {checkpoints.directory}")
   primary = jax.process_index() == 0
@@ -130,7 +131,8 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
 
   def meta(now_s):
     return {"config": config_dict, "train_wall_s": prior_wall_s + now_s,
-            "run_s": prior_run_s + run_s, "compile_s": prior_compile_s + compile_s}
+            "run_s": prior_run_s + run_s, "compile_s": prior_compile_s + compile_s,
+            "eval_s": prior_eval_s + extra_s}
 
   bar = tqdm(total=config.num_steps, initial=min(start, config.num_steps),
              disable=not (progress and primary), unit="step", desc=desc)
@@ -199,6 +201,6 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   # Times of a resumed run add up over its sessions (each compiles anew).
   return state, {"train_wall_s": prior_wall_s + wall_s,
                  "compile_s": prior_compile_s + compile_s,
-                 "run_s": prior_run_s + run_s, "eval_s": extra_s,
+                 "run_s": prior_run_s + run_s, "eval_s": prior_eval_s + extra_s,
                  "sec_per_meta_step": (prior_run_s + run_s) / config.num_steps,
                  "resumed_from_step": start if restored is not None else None}

@@ -167,6 +167,19 @@ def test_resume_with_a_changed_config_is_refused_with_a_diff(reference, tmp_path
   assert resumed["train_wall_s"] > first["train_wall_s"]
 
 
+def test_validation_time_adds_up_over_resumed_sessions(tmp_path):
+  # The first session validates, the resumed one does not: its eval_s must
+  # still hold the first session's validation time.
+  args = [*ARGS, "--workdir", str(tmp_path), "--config.num_steps=40",
+          "--config.checkpoint_every=40", "--config.val_tasks=50"]
+  assert main([*args, "--config.eval_every=20"]) == 0
+  first = json.load(open(tmp_path / "eval.json"))
+  assert main([*args, "--config.num_steps=60", "--config.eval_every=0"]) == 0
+  resumed = json.load(open(tmp_path / "eval.json"))
+  assert resumed["resumed_from_step"] == 40
+  assert resumed["eval_s"] >= first["eval_s"] > 0
+
+
 def test_fewer_steps_than_done_and_all_checkpoints_unreadable_are_errors(reference, tmp_path,
                                                                         capsys):
   import shutil
