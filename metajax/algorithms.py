@@ -55,6 +55,11 @@ class Algorithm:
   first_order_steps: int = 0        # MAML++: meta-steps of first order before second
   per_step_bn: bool = False         # MAML++: loss_fn takes the inner step (BN sets)
 
+  @property
+  def test_lam(self) -> float:
+    """iMAML: the lambda a task adapts with at test (eval_lam; < 0: lam)."""
+    return self.lam if self.eval_lam < 0 else self.eval_lam
+
   @classmethod
   def named(cls, name: str, *, first_order: bool = False, **fields) -> "Algorithm":
     """The algorithm called `name` (config.ALGORITHMS): sets the flags it implies."""
@@ -80,7 +85,7 @@ class Algorithm:
         cg_steps=config.cg_steps,
         cg_damping=float(config.cg_damping),
         cg_lam_damping=float(config.cg_lam_damping),
-        eval_lam=float(config.get("imaml_eval_lam", -1.0)),
+        eval_lam=float(config.imaml_eval_lam),
         lslr=bool(config.lslr),
         msl_steps=config.msl_steps,
         first_order_steps=config.first_order_steps,

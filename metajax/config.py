@@ -283,7 +283,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d = config[key]
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
       raise ConfigError(f"{key} must be a finite number >= 0, got {d!r}")
-  e = config.get("imaml_eval_lam", -1.0)
+  e = config.imaml_eval_lam
   if isinstance(e, bool) or not isinstance(e, (int, float)) or not -math.inf < e < math.inf:
     raise ConfigError(f"imaml_eval_lam must be a finite number (< 0: imaml_lam), got {e!r}")
   if config.inner_batch and config.algorithm != "reptile":

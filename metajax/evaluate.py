@@ -24,12 +24,11 @@ def mean_ci95(values) -> tuple[float, float]:
 
 def test_time_objective(algo: Algorithm, loss_fn, params):
   """The loss a task adapts on at test: the support loss, or for iMAML its
-  proximal objective with lambda = algo.eval_lam (< 0: the training lambda;
-  0: the plain support loss, as the iMAML authors' code tests)."""
-  if algo.name != "imaml":
+  proximal objective with lambda = algo.test_lam (0: the plain support loss,
+  as the iMAML authors' code tests)."""
+  if algo.name != "imaml" or algo.test_lam == 0:
     return loss_fn
-  lam = algo.lam if algo.eval_lam < 0 else algo.eval_lam
-  return proximal_loss(loss_fn, params, lam) if lam > 0 else loss_fn
+  return proximal_loss(loss_fn, params, algo.test_lam)
 
 
 def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,

@@ -184,8 +184,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "backend": jax.default_backend(), "jax_version": jax.__version__,
   }
   if algo.name == "imaml":  # the lambda each phase adapted with
-    result.update(imaml_lam=algo.lam,
-                  imaml_eval_lam=algo.lam if algo.eval_lam < 0 else algo.eval_lam)
+    result.update(imaml_lam=algo.lam, imaml_eval_lam=algo.test_lam)
   if jax.process_index() != 0:
     return result
   with open(os.path.join(workdir, "eval.json"), "w") as f:

@@ -147,8 +147,9 @@ def _imaml_settings(dataset: str, ways: int, shots: int) -> dict:
   Their test adapts with lambda = 0 (plain GD on the support loss): so does
   ours (imaml_eval_lam=0). One difference remains: their training inner loop
   takes 16 plain steps on the support loss and then one step on the proximal
-  term; here every training inner step is on the proximal objective. 20-way and mini-ImageNet, where the example is silent: MAML's
-  meta-batch (16 / 4), filters and query sizes."""
+  term; here every training inner step is on the proximal objective. 20-way
+  and mini-ImageNet, where the example is silent: MAML's meta-batch (16 / 4),
+  filters and query sizes."""
   s = dict(algorithm="imaml", inner_steps=16, inner_lr=0.1, imaml_lam=2.0, cg_steps=5,
            cg_damping=1.0, cg_lam_damping=10.0, outer_lr=1e-3, num_steps=20_000,
            eval_max_steps=16, imaml_eval_lam=0.0)
