@@ -14,9 +14,11 @@ from metajax.papers import paper_config
 def get_config():
   config = paper_config("imaml", "omniglot", ways=20, shots=1)
   # The published settings it sets (edit any of them here; metajax.papers says
-  # where they come from and how the inner loop differs from the authors' code):
+  # where they come from):
   #   algorithm='imaml', inner_steps=16, inner_lr=0.1, imaml_lam=2.0, cg_steps=5,
-  #   cg_damping=1.0, cg_lam_damping=10.0, outer_lr=0.001, num_steps=20000, eval_max_steps=16,
+  #   imaml_inner='gd_then_pull' (16 plain GD steps, then one step toward theta, as the
+  #   authors' code), cg_damping=1.0, cg_lam_damping=10.0, outer_lr=0.001,
+  #   outer_adam_eps=0.001, num_steps=20000, eval_max_steps=16,
   #   imaml_eval_lam=0.0 (test adapts by plain GD, as the authors' code),
   #   k_query=1, filters=64, meta_batch=16
   return config

@@ -50,6 +50,7 @@ class Algorithm:
   cg_damping: float = 0.0           # iMAML: CG damping (added to I)
   cg_lam_damping: float = 0.0       # iMAML: CG damping (added to lam)
   eval_lam: float = -1.0            # iMAML: lambda of test-time adaptation (< 0: lam)
+  imaml_inner: str = "proximal"     # iMAML: training inner loop (metajax.imaml)
   lslr: bool = False                # MAML++: learned per-layer per-step inner rates
   msl_steps: int = 0                # MAML++: meta-steps with the multi-step loss
   first_order_steps: int = 0        # MAML++: meta-steps of first order before second
@@ -86,6 +87,7 @@ class Algorithm:
         cg_damping=float(config.cg_damping),
         cg_lam_damping=float(config.cg_lam_damping),
         eval_lam=float(config.imaml_eval_lam),
+        imaml_inner=config.imaml_inner,
         lslr=bool(config.lslr),
         msl_steps=config.msl_steps,
         first_order_steps=config.first_order_steps,
@@ -165,7 +167,7 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     one = lambda task: imaml_task_grad(
         loss_fn, params, task, steps=algo.steps, lr=algo.inner_lr, lam=algo.lam,
         cg_steps=algo.cg_steps, cg_damping=algo.cg_damping,
-        cg_lam_damping=algo.cg_lam_damping)
+        cg_lam_damping=algo.cg_lam_damping, inner=algo.imaml_inner)
     loss, grads = task_mean(one, tasks, strategy=algo.batching, chunk=algo.task_chunk)
     return loss, {"params": grads, "inner_lr": None}
 

@@ -22,6 +22,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("sinusoid", "omniglot", "mini_imagenet")
 BN_MODES = ("transductive", "per_step", "none")
 CONV_IMPLS = ("auto", "xla", "im2col", "shifted", "hybrid")
+IMAML_INNER = ("proximal", "gd_then_pull")  # iMAML's training inner loop (metajax.imaml)
 
 
 def sinusoid_base() -> ml_collections.ConfigDict:
@@ -56,6 +57,7 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.outer_lr = 1e-3
   c.outer_lr_schedule = "constant"  # one of SCHEDULES, decays to outer_lr_min at num_steps
   c.outer_lr_min = 0.0          # the linear / cosine schedule's final rate
+  c.outer_adam_eps = 1e-8       # Adam's epsilon (the iMAML authors' code: 1e-3)
   c.num_steps = 70_000          # meta-steps (MAML: 70k)
   c.steps_per_call = 500        # meta-steps per jitted call (lax.scan)
   c.log_every = 1000            # meta-steps between metrics.jsonl lines
@@ -97,6 +99,9 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
   c.cg_lam_damping = 0.0        # ... with H/(lam + cg_lam_damping) (authors' code: 10)
   c.imaml_eval_lam = -1.0       # lambda when adapting at test (and validation); < 0: imaml_lam;
                                 # 0: plain GD on the support loss (authors' code)
+  c.imaml_inner = "proximal"    # training inner loop: "proximal" (every step on the proximal
+                                # loss) or "gd_then_pull" (plain GD, then one step toward theta:
+                                # the authors' Omniglot code)
 
 
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
@@ -156,6 +161,7 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.outer_lr = 1e-3
   c.outer_lr_schedule = "constant"
   c.outer_lr_min = 0.0
+  c.outer_adam_eps = 1e-8
   c.num_steps = 60_000
   c.steps_per_call = 50
   c.log_every = 500
@@ -188,13 +194,13 @@ _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch"
                   "filters", "val_tasks", "eval_batch", "keep_checkpoints", "cg_steps")
 _NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch", "ways_train",
                 "num_devices", "checkpoint_every", "msl_steps", "first_order_steps")
-_POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam")
+_POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam", "outer_adam_eps")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
             "bn": BN_MODES, "conv_impl": CONV_IMPLS,
             "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip"),
-            "param_sharding": ("replicated", "sharded")}
+            "param_sharding": ("replicated", "sharded"), "imaml_inner": IMAML_INNER}
 
 
 def _check_mamlpp(config) -> None:

@@ -184,7 +184,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "backend": jax.default_backend(), "jax_version": jax.__version__,
   }
   if algo.name == "imaml":  # the lambda each phase adapted with
-    result.update(imaml_lam=algo.lam, imaml_eval_lam=algo.test_lam)
+    result.update(imaml_lam=algo.lam, imaml_eval_lam=algo.test_lam,
+                  imaml_inner=algo.imaml_inner)
   if jax.process_index() != 0:
     return result
   with open(os.path.join(workdir, "eval.json"), "w") as f:

@@ -6,6 +6,9 @@ Each task adapts to an approximate solution of
 
 by `steps` gradient steps from phi = theta (the shared inner loop,
 `metajax.inner`, on the proximal loss; nothing is differentiated through it).
+`inner="gd_then_pull"` is the authors' Omniglot code instead: `steps` plain
+steps on L_support, then one step of the same rate on the proximal term
+alone, phi <- phi - lr * lam * (phi - theta).
 At the solution, the implicit function theorem gives
 
   d phi* / d theta = (I + H / lam)^-1,   H = hessian of L_support at phi*,
@@ -27,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from metajax.config import IMAML_INNER
 from metajax.inner import LossFn, PyTree, inner_loop
 
 
@@ -79,8 +83,8 @@ def proximal_loss(loss_fn: LossFn, theta: PyTree, lam: float) -> LossFn:
 
 def imaml_task_grad(loss_fn: LossFn, params: PyTree, task: dict, *, steps: int,
                     lr: float, lam: float, cg_steps: int, cg_damping: float = 0.0,
-                    cg_lam_damping: float = 0.0,
-                    optimizer: str = "sgd") -> tuple[jax.Array, PyTree]:
+                    cg_lam_damping: float = 0.0, optimizer: str = "sgd",
+                    inner: str = "proximal") -> tuple[jax.Array, PyTree]:
   """(query loss at phi*, implicit meta-gradient w.r.t. theta) for one task.
 
   Args:
@@ -89,10 +93,19 @@ def imaml_task_grad(loss_fn: LossFn, params: PyTree, task: dict, *, steps: int,
     lam: the proximal strength lambda (> 0).
     cg_steps, cg_damping, cg_lam_damping: conjugate-gradient iterations and
       the two dampings of its matrix (module docstring).
+    inner: "proximal" (every step on the proximal loss) or "gd_then_pull"
+      (plain steps on the support loss, then one pull toward theta).
   """
+  if inner not in IMAML_INNER:
+    raise ValueError(f"inner must be one of {IMAML_INNER}, got {inner!r}")
   theta = jax.lax.stop_gradient(params)
-  phi, _ = inner_loop(proximal_loss(loss_fn, theta, lam), theta, task["support"],
-                      steps=steps, lr=lr, first_order=True, optimizer=optimizer)
+  objective = proximal_loss(loss_fn, theta, lam) if inner == "proximal" else loss_fn
+  phi, _ = inner_loop(objective, theta, task["support"], steps=steps, lr=lr,
+                      first_order=True, optimizer=optimizer)
+  if inner == "gd_then_pull":
+    # One step of lr on (lam / 2)||phi - theta||^2 (authors' "pull back"): it
+    # shrinks phi - theta by the factor 1 - lr * lam.
+    phi = jax.tree.map(lambda p, t: p - lr * lam * (p - t), phi, theta)
   phi = jax.lax.stop_gradient(phi)
   query_loss, query_grad = jax.value_and_grad(loss_fn)(phi, task["query"])
 

@@ -141,18 +141,17 @@ def _mamlpp_settings(dataset: str, ways: int, shots: int) -> dict:
 
 
 def _imaml_settings(dataset: str, ways: int, shots: int) -> dict:
-  """The iMAML authors' Omniglot example: 16 inner GD steps at 0.1, lambda 2,
-  5 CG steps with damping 1 (and 10 added to lambda inside CG), meta-batch 32,
-  Adam 1e-3, K query images per class, 20,000 meta-steps, 16 steps at test.
-  Their test adapts with lambda = 0 (plain GD on the support loss): so does
-  ours (imaml_eval_lam=0). One difference remains: their training inner loop
-  takes 16 plain steps on the support loss and then one step on the proximal
-  term; here every training inner step is on the proximal objective. 20-way
-  and mini-ImageNet, where the example is silent: MAML's meta-batch (16 / 4),
-  filters and query sizes."""
+  """The iMAML authors' Omniglot example: 16 inner GD steps at 0.1 on the
+  support loss, then one step of 0.1 on the proximal term with lambda 2
+  (imaml_inner="gd_then_pull"), 5 CG steps with damping 1 (and 10 added to
+  lambda inside CG), meta-batch 32, Adam 1e-3 with epsilon 1e-3, K query
+  images per class, 20,000 meta-steps, 16 plain GD steps at test
+  (imaml_eval_lam=0). 20-way and mini-ImageNet, where the example is silent:
+  MAML's meta-batch (16 / 4), filters and query sizes."""
   s = dict(algorithm="imaml", inner_steps=16, inner_lr=0.1, imaml_lam=2.0, cg_steps=5,
-           cg_damping=1.0, cg_lam_damping=10.0, outer_lr=1e-3, num_steps=20_000,
-           eval_max_steps=16, imaml_eval_lam=0.0)
+           cg_damping=1.0, cg_lam_damping=10.0, outer_lr=1e-3, outer_adam_eps=1e-3,
+           num_steps=20_000, eval_max_steps=16, imaml_eval_lam=0.0,
+           imaml_inner="gd_then_pull")
   if dataset == "omniglot":
     return dict(s, k_query=shots, filters=64, meta_batch=32 if ways == 5 else 16)
   return dict(s, k_query=15, filters=32, meta_batch=4, inner_lr=0.01)

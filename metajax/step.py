@@ -48,7 +48,7 @@ def make_outer_optimizer(config) -> optax.GradientTransformation:
     lr = optax.cosine_decay_schedule(config.outer_lr, config.num_steps,
                                      alpha=end / config.outer_lr)
   if config.outer_optimizer == "adam":
-    return optax.adam(lr)
+    return optax.adam(lr, eps=config.outer_adam_eps)
   return optax.sgd(lr)
 
 

@@ -60,6 +60,35 @@ class QuadraticTest(chex.TestCase):
           1.5 * np.eye(d) + A / (lam + 10.0), B.T @ (B @ phi_star - c)), rtol=1e-8)
 
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_gd_then_pull_follows_the_authors_inner_loop(self):
+    # inner="gd_then_pull": k plain GD steps on L_support from theta, whose
+    # closed form is phi_k = a + (I - lr A)^k (theta - a), then one step of lr
+    # on (lam/2)||phi - theta||^2; CG then solves the damped system at phi.
+    with jax.enable_x64(True):
+      rng = np.random.RandomState(4)
+      d, lam, lr, k = 4, 2.0, 0.1, 7
+      m = rng.randn(d, d)
+      A = m @ m.T / d + 0.5 * np.eye(d)
+      a, B, c, theta = rng.randn(d), rng.randn(3, d), rng.randn(3), rng.randn(d)
+      loss_fn = lambda p, batch: (
+          0.5 * jnp.sum((jnp.asarray(B) @ p["w"] - batch[0][:3]) ** 2) if batch[1]
+          else 0.5 * (p["w"] - batch[0]) @ jnp.asarray(A) @ (p["w"] - batch[0]))
+      task = {"support": (jnp.asarray(a), False),
+              "query": (jnp.concatenate([jnp.asarray(c), jnp.zeros(d - 3)]), True)}
+      loss, grad = self.variant(lambda th: imaml_task_grad(
+          loss_fn, {"w": th}, task, steps=k, lr=lr, lam=lam, cg_steps=d, cg_damping=1.0,
+          cg_lam_damping=10.0, inner="gd_then_pull"))(jnp.asarray(theta))
+      phi_k = a + np.linalg.matrix_power(np.eye(d) - lr * A, k) @ (theta - a)
+      phi = phi_k - lr * lam * (phi_k - theta)
+      np.testing.assert_allclose(loss, 0.5 * np.sum((B @ phi - c) ** 2), rtol=1e-10)
+      np.testing.assert_allclose(grad["w"], np.linalg.solve(
+          2.0 * np.eye(d) + A / (lam + 10.0), B.T @ (B @ phi - c)), rtol=1e-8)
+    with pytest.raises(ValueError, match="inner must be one of"):
+      imaml_task_grad(loss_fn, {"w": jnp.zeros(d)}, task, steps=1, lr=lr, lam=lam,
+                      cg_steps=1, inner="newton")
+
+
 def test_converges_to_the_unrolled_gradient_of_the_proximal_solution():
   """On a tanh MLP: differentiating through 400 unrolled inner steps (theta in
   the start point and in the proximal term) gives d L_query(phi*) / d theta;
@@ -130,15 +159,17 @@ def test_test_time_lambda_zero_adapts_by_plain_gradient_descent():
 
 
 def test_imaml_on_images_records_both_lambdas(tmp_path, synthetic_data):  # noqa: F811
-  # The image path end to end (conv-4, implicit gradient, test adaptation by
-  # plain GD); eval.json says which lambda each phase adapted with.
+  # The image path end to end (conv-4, the authors' inner loop, implicit
+  # gradient, test adaptation by plain GD); eval.json says which lambda each
+  # phase adapted with.
   import json
   from metajax.train import train_and_evaluate
   from test_episodes import tiny_fewshot
   r = train_and_evaluate(tiny_fewshot(algorithm="imaml", inner_steps=2, inner_lr=0.1,
                                       imaml_lam=2.0, imaml_eval_lam=0.0, cg_steps=2,
-                                      num_steps=40, eval_every=20, conv_impl="xla"),
+                                      imaml_inner="gd_then_pull", num_steps=40, eval_every=20, conv_impl="xla"),
                          str(tmp_path), progress=False)
   saved = json.load(open(tmp_path / "eval.json"))
-  assert (saved["imaml_lam"], saved["imaml_eval_lam"]) == (2.0, 0.0)
+  assert (saved["imaml_lam"], saved["imaml_eval_lam"], saved["imaml_inner"]) == (
+      2.0, 0.0, "gd_then_pull")
   assert r["steps"] == [0, 1, 2, 3] and np.all(np.isfinite(r["accuracy"]))

@@ -79,13 +79,26 @@ def test_nan_loss_stops_with_the_step(tmp_path):
 
 @pytest.mark.parametrize("key,value", [
     ("inner_steps", 0), ("inner_lr", -0.1), ("k_shot", 0), ("meta_batch", -2),
-    ("outer_lr", 0.0), ("num_steps", 0), ("algorithm", "mamll")])
+    ("outer_lr", 0.0), ("num_steps", 0), ("algorithm", "mamll"), ("outer_adam_eps", 0.0),
+    ("imaml_inner", "newton")])
 def test_bad_values_name_the_value(key, value):
   c = tiny()
   with c.ignore_type():
     c[key] = value
   with pytest.raises(config_lib.ConfigError, match=f"{key}.*{value!r}"):
     config_lib.validate(c)
+
+
+def test_outer_adam_eps_reaches_adam():
+  # Adam's first update is -lr g / (|g| + eps) (both moments bias-corrected):
+  # with g = eps the step is half the rate.
+  from metajax.step import make_outer_optimizer
+  c = tiny(outer_lr=0.1)
+  c.outer_adam_eps = 1e-3
+  opt = make_outer_optimizer(c)
+  g = {"w": np.array([1e-3, -1e-3, 1.0], np.float32)}
+  updates, _ = opt.update(g, opt.init(g))
+  np.testing.assert_allclose(updates["w"], [-0.05, 0.05, -0.1 / 1.001], rtol=1e-5)
 
 
 def test_unknown_key_in_config_file(tmp_path):
