@@ -30,6 +30,9 @@ from metajax.step import make_train_chunk
 # on_nan="skip" still stops after this many non-finite steps in a row: by
 # then the run has diverged, skipping is not recovering it.
 MAX_CONSECUTIVE_SKIPS = 100
+# Seconds a run reports (and checkpoints): wall clock, meta-steps alone,
+# compiling, validating.
+SESSION_TIMES = ("train_wall_s", "run_s", "compile_s", "eval_s")
 
 
 def rss_mb():
@@ -96,7 +99,9 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   restored = checkpoints.restore_latest(
       state, check_meta=lambda meta: check_resumable(meta["config"], config_dict,
                                                      checkpoints.directory))
-  start, prior_wall_s, prior_run_s, prior_compile_s, prior_eval_s = 0, 0.0, 0.0, 0.0, 0.0
+  # Times of a resumed run add up over its sessions (each compiles anew):
+  # `prior` holds those of the sessions before this one.
+  start, prior = 0, dict.fromkeys(SESSION_TIMES, 0.0)
   if restored is not None:
     state, meta = restored
     start = int(to_host(state.step))
@@ -104,9 +109,8 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
       raise ConfigError(
           f"num_steps={config.num_steps} is less than the {start} meta-steps already "
           f"done in {checkpoints.directory}; use num_steps >= {start} (or a new --workdir)")
-    prior_wall_s, prior_run_s = meta["train_wall_s"], meta["run_s"]
-    prior_compile_s = meta.get("compile_s", 0.0)  # absent from older checkpoints
-    prior_eval_s = meta.get("eval_s", 0.0)
+    # compile_s and eval_s are absent from older checkpoints.
+    prior = {k: float(meta.get(k, 0.0)) for k in SESSION_TIMES}
     if progress:
       print(f"resuming from the checkpoint of meta-step {start} in {checkpoints.directory}")
   primary = jax.process_index() == 0
@@ -129,10 +133,10 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   t_start = time.perf_counter()
   run_s, pending, skipped, in_a_row, extra_s = 0.0, [], 0, 0, 0.0
 
-  def meta(now_s):
-    return {"config": config_dict, "train_wall_s": prior_wall_s + now_s,
-            "run_s": prior_run_s + run_s, "compile_s": prior_compile_s + compile_s,
-            "eval_s": prior_eval_s + extra_s}
+  def totals(wall_s):
+    session = {"train_wall_s": wall_s, "run_s": run_s, "compile_s": compile_s,
+               "eval_s": extra_s}
+    return {k: prior[k] + session[k] for k in SESSION_TIMES}
 
   bar = tqdm(total=config.num_steps, initial=min(start, config.num_steps),
              disable=not (progress and primary), unit="step", desc=desc)
@@ -183,7 +187,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
                "loss": float(losses.mean()) if losses.size else None,
                "loss_last": float(losses[-1]) if losses.size else None,
                "steps_per_sec": (at - start) / run_s if run_s > 0 else None,
-               "elapsed_s": prior_wall_s + time.perf_counter() - t_start,
+               "elapsed_s": prior["train_wall_s"] + time.perf_counter() - t_start,
                "rss_mb": rss_mb(),
                **({"skipped_steps": skipped} if config.on_nan == "skip" else {}), **row}
         if metrics_file:
@@ -192,15 +196,12 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
         pending, skipped = [], 0
       if (config.checkpoint_every and at % config.checkpoint_every == 0) \
           or at_end or score is not None:
-        checkpoints.save(state, meta(time.perf_counter() - t_start), score=score)
+        checkpoints.save(state, {"config": config_dict,
+                                 **totals(time.perf_counter() - t_start)}, score=score)
   finally:
     bar.close()
     if metrics_file:
       metrics_file.close()
-  wall_s = time.perf_counter() - t_start
-  # Times of a resumed run add up over its sessions (each compiles anew).
-  return state, {"train_wall_s": prior_wall_s + wall_s,
-                 "compile_s": prior_compile_s + compile_s,
-                 "run_s": prior_run_s + run_s, "eval_s": prior_eval_s + extra_s,
-                 "sec_per_meta_step": (prior_run_s + run_s) / config.num_steps,
+  times = totals(time.perf_counter() - t_start)
+  return state, {**times, "sec_per_meta_step": times["run_s"] / config.num_steps,
                  "resumed_from_step": start if restored is not None else None}
