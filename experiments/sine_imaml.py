@@ -7,7 +7,9 @@ Command:
 Paper: no sinusoid result reported.
 Ours (docs/RESULTS.md, "iMAML"): NOT a working recipe yet. After 3,000 meta-steps the query MSE
 at K = 10 is 2.77 after 10 test steps (MAML: 0.20 after 5,000), and longer runs diverge
-(inf at meta-step 5,440). The settings below are the best of the ten tried there.
+(inf at meta-step 5,440); these settings are the best of the first ten tried there. Testing by
+plain GD (imaml_eval_lam=0) with inner steps of 0.002 x 50 reaches 0.29 after 3,000 meta-steps,
+but those runs too diverge before 7,000 (RESULTS has the table).
 """
 
 from metajax.config import sinusoid_base

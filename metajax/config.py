@@ -101,7 +101,8 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
                                 # 0: plain GD on the support loss (authors' code)
   c.imaml_inner = "proximal"    # training inner loop: "proximal" (every step on the proximal
                                 # loss) or "gd_then_pull" (plain GD, then one step toward theta:
-                                # the authors' Omniglot code)
+                                # the authors' Omniglot code; pair it with imaml_eval_lam=0,
+                                # their test, as the image experiment files do)
 
 
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
