@@ -131,11 +131,11 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
     return compiled[n]
 
   t_start = time.perf_counter()
-  run_s, pending, skipped, in_a_row, extra_s = 0.0, [], 0, 0, 0.0
+  run_s, pending, skipped, in_a_row, eval_s = 0.0, [], 0, 0, 0.0
 
   def totals(wall_s):
     session = {"train_wall_s": wall_s, "run_s": run_s, "compile_s": compile_s,
-               "eval_s": extra_s}
+               "eval_s": eval_s}
     return {k: prior[k] + session[k] for k in SESSION_TIMES}
 
   bar = tqdm(total=config.num_steps, initial=min(start, config.num_steps),
@@ -179,7 +179,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
       if eval_every and (at % eval_every == 0 or at_end):
         t0 = time.perf_counter()
         row.update(on_boundary(state))
-        extra_s += time.perf_counter() - t0
+        eval_s += time.perf_counter() - t0
       score = row.pop("score", None)
       if at % config.log_every == 0 or at_end or row:
         losses = np.concatenate(pending)

@@ -190,7 +190,8 @@ def test_imaml_on_images_records_both_lambdas(tmp_path, synthetic_data):  # noqa
   from test_episodes import tiny_fewshot
   r = train_and_evaluate(tiny_fewshot(algorithm="imaml", inner_steps=2, inner_lr=0.1,
                                       imaml_lam=2.0, imaml_eval_lam=0.0, cg_steps=2,
-                                      imaml_inner="gd_then_pull", num_steps=40, eval_every=20, conv_impl="xla"),
+                                      imaml_inner="gd_then_pull", num_steps=40,
+                                      eval_every=20, conv_impl="xla"),
                          str(tmp_path), progress=False)
   saved = json.load(open(tmp_path / "eval.json"))
   assert (saved["imaml_lam"], saved["imaml_eval_lam"], saved["imaml_inner"]) == (
