@@ -55,6 +55,7 @@ class Algorithm:
   msl_steps: int = 0                # MAML++: meta-steps with the multi-step loss
   first_order_steps: int = 0        # MAML++: meta-steps of first order before second
   per_step_bn: bool = False         # MAML++: loss_fn takes the inner step (BN sets)
+  bn_outer_only: bool = False       # BN parameters not adapted in the inner loop
 
   @property
   def test_lam(self) -> float:
@@ -92,6 +93,7 @@ class Algorithm:
         msl_steps=config.msl_steps,
         first_order_steps=config.first_order_steps,
         per_step_bn=config.get("bn") == "per_step",
+        bn_outer_only=bool(config.get("bn_outer_only", False)),
     )
 
 
@@ -109,11 +111,11 @@ def batch_norm_frozen_mask(params: PyTree) -> PyTree:
 
 def inner_mask(algo: Algorithm, params: PyTree) -> Optional[PyTree]:
   """Which leaves the inner loop adapts: ANIL the head; with per-step BN
-  (MAML++) all but the BN parameters, which only the outer loop learns, as
-  in MAML++'s reference settings; otherwise all (None)."""
+  (MAML++) or bn_outer_only all but the BN parameters, which only the outer
+  loop learns, as in MAML++'s and MAML's reference code; otherwise all (None)."""
   if algo.head_only:
     return head_mask(params)
-  if algo.per_step_bn:
+  if algo.per_step_bn or algo.bn_outer_only:
     return batch_norm_frozen_mask(params)
   return None
 

@@ -141,6 +141,10 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   # Model: conv-4 (metajax.models.Conv4).
   c.filters = 64
   c.bn = "transductive"         # one of BN_MODES; per_step: a BN (scale, bias) per inner step
+  c.bn_outer_only = False       # True: BN scale/bias are learned by the outer loop only, not
+                                # adapted in the inner loop (MAML's reference code, whose BN
+                                # variables are outside its inner-loop weights); always so
+                                # with bn="per_step" (MAML++)
   c.conv_impl = "auto"          # one of CONV_IMPLS; auto picks per backend
   # Inner loop.
   c.inner_steps = 1
@@ -202,6 +206,18 @@ _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "bn": BN_MODES, "conv_impl": CONV_IMPLS,
             "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip"),
             "param_sharding": ("replicated", "sharded"), "imaml_inner": IMAML_INNER}
+
+
+def _check_bn_outer_only(config) -> None:
+  if not config.bn_outer_only:
+    return
+  if config.bn == "none":
+    raise ConfigError("bn_outer_only=True with bn='none': there are no batch-norm "
+                      "parameters to keep out of the inner loop; use bn='transductive'")
+  if config.algorithm not in MAML_FAMILY or config.algorithm == "anil":
+    raise ConfigError(f"bn_outer_only=True keeps batch norm out of the inner loop of the "
+                      f"MAML loss; it needs one of {tuple(a for a in MAML_FAMILY if a != 'anil')}"
+                      f" (ANIL adapts only the head already), got {config.algorithm!r}")
 
 
 def _check_mamlpp(config) -> None:
@@ -314,6 +330,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"task_chunk={config.task_chunk} must divide "
                       f"meta_batch={config.meta_batch} for batching={config.batching!r}")
   _check_mamlpp(config)
+  if config.task != "sinusoid":
+    _check_bn_outer_only(config)
   lo, hi = config.metasgd_lr_range
   if not 0 < lo <= hi:
     raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got {(lo, hi)!r}")

@@ -246,3 +246,87 @@ def test_chunk_must_divide_meta_batch():
   from metajax.batching import task_mean
   with pytest.raises(ValueError, match="chunk 4 .* 6 tasks"):
     task_mean(lambda t: t, jnp.zeros((6, 2)), strategy="scan", chunk=4)
+
+
+def _is_bn_leaf(path):
+  return any(getattr(k, "key", None) in ("bn_scale", "bn_bias") for k in path)
+
+
+def _bn_mlp_loss(params, batch):
+  """Softmax cross-entropy of a 2-layer net with batch norm (batch statistics)
+  on its hidden layer; the BN leaves are named as in Conv4."""
+  x_NxD, y_N = batch
+  b = params["block_0"]
+  h = x_NxD @ b["kernel"] + b["bias"]
+  h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5) * b["bn_scale"] + b["bn_bias"]
+  logits = jnp.tanh(h) @ params["head"]["kernel"] + params["head"]["bias"]
+  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y_N[:, None], 1))
+
+
+@pytest.mark.parametrize("name,jit", [("maml", True), ("maml", False), ("fomaml", True),
+                                      ("fomaml", False)])
+def test_bn_outer_only_keeps_batch_norm_out_of_the_inner_loop(name, jit):
+  # Against a written-out inner loop that updates every leaf but the BN ones
+  # (selected by name), per task in a Python loop: MAML differentiates through
+  # it, first-order MAML takes the query gradient at the adapted parameters.
+  from metajax import config as config_lib
+  with jax.enable_x64(True):
+    k = jax.random.split(jax.random.PRNGKey(0), 8)
+    params = {"block_0": {"kernel": jax.random.normal(k[0], (4, 6)) / 2,
+                          "bias": 0.1 * jax.random.normal(k[1], (6,)),
+                          "bn_scale": 1.0 + 0.3 * jax.random.normal(k[2], (6,)),
+                          "bn_bias": 0.3 * jax.random.normal(k[3], (6,))},
+              "head": {"kernel": jax.random.normal(k[4], (6, 3)) / 2, "bias": jnp.zeros(3)}}
+    labels = jnp.tile(jnp.arange(3), (2, 2))  # 2 tasks x 6 images, 3 ways
+    tasks = {"support": (jax.random.normal(k[5], (2, 6, 4)), labels),
+             "query": (jax.random.normal(k[6], (2, 6, 4)), labels)}
+    config = config_lib.fewshot_base("omniglot")
+    config.update(algorithm=name, inner_steps=2, inner_lr=0.5, bn_outer_only=True,
+                  batching="vmap")
+    algo = Algorithm.from_config(config_lib.validate(config))
+
+    def adapt(theta, support):
+      phi = theta
+      for _ in range(2):
+        g = jax.grad(_bn_mlp_loss)(phi, support)
+        if name == "fomaml":
+          g = jax.lax.stop_gradient(g)
+        phi = jax.tree_util.tree_map_with_path(
+            lambda path, p, gg: p if _is_bn_leaf(path) else p - 0.5 * gg, phi, g)
+      return phi
+
+    def written_out(theta, task):
+      if name == "maml":
+        return jax.grad(lambda t: _bn_mlp_loss(adapt(t, task["support"]), task["query"]))(theta)
+      return jax.grad(_bn_mlp_loss)(adapt(theta, task["support"]), task["query"])
+
+    fn = lambda p, t: meta_gradient(algo, _bn_mlp_loss, {"params": p, "inner_lr": None}, t)
+    _, grads = (jax.jit(fn) if jit else fn)(params, tasks)
+    expected = jax.tree.map(lambda *g: np.mean(g, axis=0), *[
+        written_out(params, jax.tree.map(lambda a: a[i], tasks)) for i in range(2)])
+    chex.assert_trees_all_close(grads["params"], expected, rtol=1e-10, atol=1e-13)
+    # ... and adapting BN too (the default) gives a different meta-gradient.
+    default = Algorithm.from_config(config_lib.validate(_off(config)))
+    _, other = meta_gradient(default, _bn_mlp_loss, {"params": params, "inner_lr": None}, tasks)
+    diff = ravel_pytree(other["params"])[0] - ravel_pytree(grads["params"])[0]
+    assert np.linalg.norm(diff) > 1e-3 * np.linalg.norm(ravel_pytree(grads["params"])[0])
+
+
+def _off(config):
+  c = config.copy_and_resolve_references()
+  c.bn_outer_only = False
+  return c
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(bn_outer_only=True, algorithm="imaml"), "imaml"),
+    (dict(bn_outer_only=True, bn="none"), "no batch-norm"),
+    (dict(bn_outer_only=True, algorithm="reptile", inner_optimizer="adam"), "reptile"),
+    (dict(bn_outer_only=True, algorithm="anil"), "ANIL"),
+])
+def test_bn_outer_only_bad_values(changes, match):
+  from metajax import config as config_lib
+  config = config_lib.fewshot_base("omniglot")
+  config.update(**changes)
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(config)
