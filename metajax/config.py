@@ -140,6 +140,9 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.ways_train = 0              # classes per training episode (ProtoNet only); 0 = ways
   # Model: conv-4 (metajax.models.Conv4).
   c.filters = 64
+  c.downsample = "max_pool"     # "max_pool": conv, BN, ReLU, 2x2 max-pool per block, features
+                                # flattened; "stride": stride-2 convs, no pool, features averaged
+                                # over positions (MAML's reference Omniglot model)
   c.bn = "transductive"         # one of BN_MODES; per_step: a BN (scale, bias) per inner step
   c.bn_outer_only = False       # True: BN scale/bias are learned by the outer loop only, not
                                 # adapted in the inner loop (MAML's reference code, whose BN
@@ -203,7 +206,7 @@ _POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam", "outer_adam_eps")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
-            "bn": BN_MODES, "conv_impl": CONV_IMPLS,
+            "bn": BN_MODES, "conv_impl": CONV_IMPLS, "downsample": ("max_pool", "stride"),
             "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip"),
             "param_sharding": ("replicated", "sharded"), "imaml_inner": IMAML_INNER}
 

@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   protonet = config.algorithm == "protonet"
   problem = Problem(ways=config.ways, filters=config.filters, head=not protonet,
                     image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv,
-                    bn_steps=config.inner_steps)
+                    bn_steps=config.inner_steps, downsample=config.downsample)
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
@@ -171,7 +171,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "lslr": algo.lslr, "msl_steps": algo.msl_steps,
       "first_order_steps": algo.first_order_steps,
       "outer_lr_schedule": config.outer_lr_schedule,
-      "bn": config.bn, "bn_outer_only": algo.bn_outer_only or algo.per_step_bn,
+      "downsample": config.downsample, "bn": config.bn, "bn_outer_only": algo.bn_outer_only or algo.per_step_bn,
       "filters": config.filters, "input_norm": config.input_norm,
       "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
       "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,

@@ -27,8 +27,8 @@ CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid")
 BN_MODES = ("transductive", "per_step", "none")
 
 
-def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla"):
-  """3x3 'SAME' convolution, stride 1, in one of three equivalent forms.
+def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
+  """3x3 'SAME' convolution, stride 1 or 2, in one of four equivalent forms.
 
   xla:     lax.conv_general_dilated. Under vmap with per-task kernels it
            becomes a grouped convolution, which XLA's CPU backend runs slowly.
@@ -39,27 +39,46 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla"):
            buffer, smaller matmuls.
   All give the same numbers (tested to second order in float64); which is
   fastest depends on the backend (`python -m metajax.bench --suite strategies`).
+
+  stride=2 is TensorFlow's / XLA's 'SAME' with stride 2 (MAML's Omniglot
+  model): ceil(H/2) x ceil(W/2) outputs, which are the stride-1 outputs at
+  every other position, starting at 1 on an even size and 0 on an odd one.
+  im2col and shifted take only those positions' patches; hybrid computes the
+  stride-1 convolution and keeps them.
   """
+  if stride not in (1, 2):
+    raise ValueError(f"conv stride must be 1 or 2, got {stride!r}")
   if impl == "xla":
-    return _xla_conv(x_NxHxWxC, kernel_3x3xCxO)
+    return _xla_conv(x_NxHxWxC, kernel_3x3xCxO, stride)
   if impl == "hybrid":
-    return _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
+    out = _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
+    return _every_other(out) if stride == 2 else out
   n, h, w, c = x_NxHxWxC.shape
   o = kernel_3x3xCxO.shape[-1]
+  views = _views(x_NxHxWxC)
+  if stride == 2:
+    views = [_every_other(v) for v in views]
+    h, w = views[0].shape[1:3]
   if impl == "im2col":
-    out = _patches(x_NxHxWxC) @ kernel_3x3xCxO.reshape(9 * c, o)
+    out = jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c) @ \
+        kernel_3x3xCxO.reshape(9 * c, o)
   elif impl == "shifted":
     k_9xCxO = kernel_3x3xCxO.reshape(9, c, o)
-    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t]
-              for t, v in enumerate(_views(x_NxHxWxC)))
+    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t] for t, v in enumerate(views))
   else:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
   return out.reshape(n, h, w, o)
 
 
-def _xla_conv(x_NxHxWxC, kernel_3x3xCxO):
+def _every_other(x_NxHxWxC):
+  """The positions a stride-2 'SAME' window is centred on (see conv3x3)."""
+  _, h, w, _ = x_NxHxWxC.shape
+  return x_NxHxWxC[:, (h + 1) % 2::2, (w + 1) % 2::2, :]
+
+
+def _xla_conv(x_NxHxWxC, kernel_3x3xCxO, stride=1):
   return jax.lax.conv_general_dilated(
-      x_NxHxWxC, kernel_3x3xCxO, (1, 1), "SAME",
+      x_NxHxWxC, kernel_3x3xCxO, (stride, stride), "SAME",
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -160,12 +179,17 @@ def batch_norm(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
   return (x_NxHxWxC - mean_C) * jax.lax.rsqrt(var_C + eps) * scale_C + bias_C
 
 
+DOWNSAMPLES = ("max_pool", "stride")
+
+
 class ConvBlock(nn.Module):
-  """[3x3 conv, batch norm, ReLU, 2x2 max-pool]."""
+  """[3x3 conv, batch norm, ReLU, 2x2 max-pool], or with downsample="stride"
+  [3x3 conv of stride 2, batch norm, ReLU] (MAML's Omniglot model)."""
   filters: int
   bn: str = "transductive"
   bn_steps: int = 1           # per_step: number of (scale, bias) sets
   conv_impl: str = "xla"
+  downsample: str = "max_pool"
 
   @nn.compact
   def __call__(self, x_NxHxWxC, step=0):
@@ -173,14 +197,18 @@ class ConvBlock(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (3, 3, c, self.filters))
     bias = self.param("bias", nn.initializers.zeros, (self.filters,))
-    h = conv3x3(x_NxHxWxC, kernel, self.conv_impl) + bias
+    if self.downsample not in DOWNSAMPLES:
+      raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
+    stride = 2 if self.downsample == "stride" else 1
+    h = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride) + bias
     if self.bn != "none":
       sets = self.bn_steps if self.bn == "per_step" else 1
       scale = self.param("bn_scale", nn.initializers.ones, (sets, self.filters))
       shift = self.param("bn_bias", nn.initializers.zeros, (sets, self.filters))
       idx = jnp.minimum(step, sets - 1) if self.bn == "per_step" else 0
       h = batch_norm(h, scale[idx], shift[idx])
-    return max_pool2x2(nn.relu(h))
+    h = nn.relu(h)
+    return h if stride == 2 else max_pool2x2(h)
 
 
 class Conv4(nn.Module):
@@ -189,21 +217,26 @@ class Conv4(nn.Module):
   64 filters on Omniglot (28x28x1), 32 on mini-ImageNet (84x84x3).
   x_NxHxWxC -> logits_NxWays. `step` selects per-step BN parameters
   (bn="per_step", MAML++); statistics are always those of the batch.
+  downsample="max_pool" flattens the last block's output; "stride" (stride-2
+  convolutions) averages it over its positions, as MAML's Omniglot code does
+  (28x28 -> 2x2 -> filters features).
   """
   ways: int
   filters: int = 64
   bn: str = "transductive"
   bn_steps: int = 1
   conv_impl: str = "xla"
-  head: bool = True             # False: return the flattened features (ProtoNet)
+  head: bool = True             # False: return the features (ProtoNet)
+  downsample: str = "max_pool"  # or "stride"
 
   @nn.compact
   def __call__(self, x_NxHxWxC, step=0):
     h = x_NxHxWxC
     for i in range(4):
       h = ConvBlock(self.filters, self.bn, self.bn_steps, self.conv_impl,
-                    name=f"block_{i}")(h, step)
-    features_NxD = h.reshape(h.shape[0], -1)
+                    self.downsample, name=f"block_{i}")(h, step)
+    features_NxD = (jnp.mean(h, axis=(1, 2)) if self.downsample == "stride"
+                    else h.reshape(h.shape[0], -1))
     if not self.head:
       return features_NxD
     return nn.Dense(self.ways, name="head")(features_NxD)

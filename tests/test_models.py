@@ -31,6 +31,54 @@ def test_conv_matches_direct_loops(impl):
                                rtol=1e-12, atol=1e-12)
 
 
+def _np_conv_same_stride2(x, k):
+  """TensorFlow's 'SAME' with stride 2 from its definition: ceil(n/2) outputs,
+  padding max((out - 1) * 2 + 3 - n, 0) split with the smaller half before."""
+  n, h, w, _ = x.shape
+  oh, ow = -(-h // 2), -(-w // 2)
+  ph, pw = max((oh - 1) * 2 + 3 - h, 0), max((ow - 1) * 2 + 3 - w, 0)
+  xp = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2 + 2), (pw // 2, pw - pw // 2 + 2), (0, 0)))
+  out = np.zeros((n, oh, ow, k.shape[-1]))
+  for a in range(oh):
+    for b in range(ow):
+      out[:, a, b] = np.einsum("nijc,ijco->no", xp[:, 2 * a:2 * a + 3, 2 * b:2 * b + 3], k)
+  return out
+
+
+@pytest.mark.parametrize("impl", CONV_IMPLS)
+def test_stride2_conv_matches_tensorflow_same_padding(impl):
+  with jax.enable_x64(True):
+    for hw in ((7, 6), (4, 5)):  # odd and even sizes pad differently
+      x = jax.random.normal(jax.random.PRNGKey(0), (2,) + hw + (3,), jnp.float64)
+      k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
+      np.testing.assert_allclose(conv3x3(x, k, impl, stride=2),
+                                 _np_conv_same_stride2(np.asarray(x), np.asarray(k)),
+                                 rtol=1e-12, atol=1e-12)
+
+
+def test_strided_conv4_features_and_second_order_gradient_for_every_conv_form():
+  # MAML's Omniglot model (here 14 -> 7 -> 4 -> 2 -> 1, even and odd sizes),
+  # features averaged over the last positions; the second-order meta-gradient
+  # of every conv form against XLA's own strided convolution.
+  with jax.enable_x64(True):
+    shape = (14, 14, 1)
+    probs = {i: Problem(ways=3, filters=3, image_shape=shape, conv_impl=i,
+                        downsample="stride") for i in CONV_IMPLS}
+    params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          probs["xla"].init_params(jax.random.PRNGKey(3)))
+    assert params["head"]["kernel"].shape == (3, 3)  # filters features, not 2*2*filters
+    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=1,
+                            queries=2, image_shape=shape)
+    tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
+    grad = lambda impl: jax.jit(lambda m, t: meta_gradient(
+        Algorithm(name="maml", steps=2, inner_lr=0.3), probs[impl].loss_fn, m, t))(
+            {"params": params, "inner_lr": None}, tasks)
+    ref = grad("xla")
+    for impl in CONV_IMPLS[1:]:
+      chex.assert_trees_all_close(grad(impl), ref, rtol=1e-9, atol=1e-12,
+                                  custom_message=impl)
+
+
 def test_max_pool_and_batch_norm_match_references():
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (2, 7, 6, 3)))
   expected = x[:, :6].reshape(2, 3, 2, 3, 2, 3).max(axis=(2, 4))

@@ -33,10 +33,10 @@ class Problem:
   """Conv-4 classification of one episode's batch (x_NxHxWxC, labels_N)."""
 
   def __init__(self, *, ways, filters, image_shape, bn="transductive",
-               conv_impl="xla", bn_steps=1, head=True):
+               conv_impl="xla", bn_steps=1, head=True, downsample="max_pool"):
     self.image_shape = tuple(image_shape)
     self.model = Conv4(ways=ways, filters=filters, bn=bn, conv_impl=conv_impl,
-                       bn_steps=bn_steps, head=head)
+                       bn_steps=bn_steps, head=head, downsample=downsample)
 
   def init_params(self, key):
     return self.model.init(key, jnp.zeros((2,) + self.image_shape))["params"]
