@@ -22,6 +22,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("sinusoid", "omniglot", "mini_imagenet")
 BN_MODES = ("transductive", "per_step", "none")
 CONV_IMPLS = ("auto", "xla", "im2col", "shifted", "hybrid")
+DOWNSAMPLES = ("max_pool", "stride")  # metajax.models.DOWNSAMPLES
 IMAML_INNER = ("proximal", "gd_then_pull")  # iMAML's training inner loop (metajax.imaml)
 
 
@@ -145,9 +146,9 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
                                 # over positions (MAML's reference Omniglot model)
   c.bn = "transductive"         # one of BN_MODES; per_step: a BN (scale, bias) per inner step
   c.bn_outer_only = False       # True: BN scale/bias are learned by the outer loop only, not
-                                # adapted in the inner loop (MAML's reference code, whose BN
-                                # variables are outside its inner-loop weights); always so
-                                # with bn="per_step" (MAML++)
+                                # adapted in the inner loop, at training and test (as MAML's
+                                # reference code, whose BN offset is outside its inner-loop
+                                # weights; it has no scale); always so with bn="per_step"
   c.conv_impl = "auto"          # one of CONV_IMPLS; auto picks per backend
   # Inner loop.
   c.inner_steps = 1
@@ -206,7 +207,7 @@ _POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam", "outer_adam_eps")
 _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
-            "bn": BN_MODES, "conv_impl": CONV_IMPLS, "downsample": ("max_pool", "stride"),
+            "bn": BN_MODES, "conv_impl": CONV_IMPLS, "downsample": DOWNSAMPLES,
             "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip"),
             "param_sharding": ("replicated", "sharded"), "imaml_inner": IMAML_INNER}
 
@@ -216,7 +217,8 @@ def _check_bn_outer_only(config) -> None:
     return
   if config.bn == "none":
     raise ConfigError("bn_outer_only=True with bn='none': there are no batch-norm "
-                      "parameters to keep out of the inner loop; use bn='transductive'")
+                      "parameters to keep out of the inner loop; use bn='transductive' "
+                      "or bn_outer_only=False")
   if config.algorithm not in MAML_FAMILY or config.algorithm == "anil":
     raise ConfigError(f"bn_outer_only=True keeps batch norm out of the inner loop of the "
                       f"MAML loss; it needs one of {tuple(a for a in MAML_FAMILY if a != 'anil')}"

@@ -50,6 +50,22 @@ def algorithm(config) -> Algorithm:
                              task_chunk=chunk or 1)
 
 
+def problem_for(config, image_shape) -> Problem:
+  """The conv-4 problem a config trains (its conv form resolved for this backend)."""
+  _, _, conv = _resolve(config)
+  return Problem(ways=config.ways, filters=config.filters,
+                 head=config.algorithm != "protonet", image_shape=image_shape, bn=config.bn,
+                 conv_impl=conv, bn_steps=config.inner_steps, downsample=config.downsample)
+
+
+def bn_in_inner_loop(config, algo: Algorithm):
+  """Whether the inner loop adapts the batch-norm parameters (None: no inner
+  loop, or no batch norm), as eval.json records it."""
+  if config.bn == "none" or algo.name == "protonet":
+    return None
+  return not (algo.bn_outer_only or algo.per_step_bn or algo.head_only)
+
+
 def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
   """evaluate(meta_params, images, num_tasks) -> accuracy_BxS (S = 0..eval_max_steps).
 
@@ -108,9 +124,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   algo = algorithm(config)
   _, _, conv = _resolve(config)
   protonet = config.algorithm == "protonet"
-  problem = Problem(ways=config.ways, filters=config.filters, head=not protonet,
-                    image_shape=train_images.shape[2:], bn=config.bn, conv_impl=conv,
-                    bn_steps=config.inner_steps, downsample=config.downsample)
+  problem = problem_for(config, train_images.shape[2:])
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
@@ -171,8 +185,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "lslr": algo.lslr, "msl_steps": algo.msl_steps,
       "first_order_steps": algo.first_order_steps,
       "outer_lr_schedule": config.outer_lr_schedule,
-      "downsample": config.downsample, "bn": config.bn, "bn_outer_only": algo.bn_outer_only or algo.per_step_bn,
-      "filters": config.filters, "input_norm": config.input_norm,
+      "downsample": config.downsample, "bn": config.bn,
+      "bn_in_inner_loop": bn_in_inner_loop(config, algo), "filters": config.filters, "input_norm": config.input_norm,
       "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
       "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
       **test,

@@ -77,7 +77,9 @@ def _maml_settings(dataset: str, ways: int, shots: int) -> dict:
   steps), 20-way 5 steps at 0.1 (meta-batch 16, tested with 5); mini-ImageNet
   5 steps at 0.01, meta-batch 4 (1-shot) / 2 (5-shot), 15 query images per
   class, tested with 10 steps; 60k meta-steps, Adam 1e-3, K query per class on
-  Omniglot (the reference code)."""
+  Omniglot (the reference code). The paper's Omniglot model has stride-2
+  convolutions instead of max-pooling (`downsample="stride"`); these settings
+  keep max-pooling, which the recorded Omniglot runs used."""
   if dataset == "omniglot":
     s = dict(k_query=shots, filters=64, num_steps=60_000)
     if ways == 5:

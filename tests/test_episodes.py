@@ -169,7 +169,8 @@ def test_short_training_beats_chance(tmp_path, synthetic_data, algorithm):
   assert (tmp_path / "checkpoints").is_dir()
   saved = json.load(open(tmp_path / "eval.json"))
   for key in ("algorithm", "ways", "k_shot", "k_query_train", "eval_query",
-              "inner_steps_train", "inner_steps_test", "bn", "iterations", "train_wall_s"):
+              "inner_steps_train", "inner_steps_test", "bn", "bn_in_inner_loop", "downsample",
+              "iterations", "train_wall_s"):
     assert key in saved
   # The results table puts ours beside the paper's number for the cell.
   from metajax.papers import PUBLISHED, format_published

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metajax.algorithms import Algorithm, meta_gradient
-from metajax.models import CONV_IMPLS, Conv4, batch_norm, conv3x3, max_pool2x2
+from metajax.models import CONV_IMPLS, ConvBlock, Conv4, batch_norm, conv3x3, max_pool2x2
 from metajax.tasks.fewshot import Problem, synthetic_tasks
 
 
@@ -57,16 +57,25 @@ def test_stride2_conv_matches_tensorflow_same_padding(impl):
 
 
 def test_strided_conv4_features_and_second_order_gradient_for_every_conv_form():
-  # MAML's Omniglot model (here 14 -> 7 -> 4 -> 2 -> 1, even and odd sizes),
-  # features averaged over the last positions; the second-order meta-gradient
-  # of every conv form against XLA's own strided convolution.
+  # MAML's Omniglot model (here 20 -> 10 -> 5 -> 3 -> 2, even and odd sizes),
+  # features averaged over the last block's 2 x 2 positions; the second-order
+  # meta-gradient of every conv form against XLA's own strided convolution.
   with jax.enable_x64(True):
-    shape = (14, 14, 1)
+    shape = (20, 20, 1)
     probs = {i: Problem(ways=3, filters=3, image_shape=shape, conv_impl=i,
                         downsample="stride") for i in CONV_IMPLS}
     params = jax.tree.map(lambda a: a.astype(jnp.float64),
                           probs["xla"].init_params(jax.random.PRNGKey(3)))
     assert params["head"]["kernel"].shape == (3, 3)  # filters features, not 2*2*filters
+    # The features: the blocks applied one by one, then the mean of the 2 x 2 map.
+    x = jax.random.uniform(jax.random.PRNGKey(5), (4,) + shape, jnp.float64)
+    h = x
+    for i in range(4):
+      h = ConvBlock(3, downsample="stride").apply({"params": params[f"block_{i}"]}, h)
+    assert h.shape == (4, 2, 2, 3)
+    embed = Problem(ways=3, filters=3, image_shape=shape, downsample="stride", head=False)
+    np.testing.assert_allclose(embed.embed({k: v for k, v in params.items() if k != "head"}, x),
+                               h.mean(axis=(1, 2)), rtol=1e-12)
     tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=1,
                             queries=2, image_shape=shape)
     tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
@@ -161,3 +170,32 @@ def test_hand_written_backward_passes_match_autodiff_to_second_order():
       # Second order: the gradient's own derivative w.r.t. the BN scale.
       h = lambda fn: jax.grad(lambda s: jnp.sum(jax.grad(f(fn))(x, s) ** 2))(scale)
       np.testing.assert_allclose(h(ours), h(ref), rtol=1e-9)
+
+
+def test_config_model_and_inner_loop_record_follow_the_config_keys():
+  # problem_for wires downsample into the model; eval.json's bn_in_inner_loop
+  # says what the inner loop did with batch norm.
+  from metajax import config as config_lib, fewshot, models
+  assert config_lib.DOWNSAMPLES == models.DOWNSAMPLES
+  c = config_lib.fewshot_base("omniglot")
+  c.update(filters=4, downsample="stride")
+  p = fewshot.problem_for(c, (28, 28, 1)).init_params(jax.random.PRNGKey(0))
+  assert p["head"]["kernel"].shape == (4, 5)                  # 28 -> 2 x 2, averaged
+  c.downsample = "max_pool"
+  p = fewshot.problem_for(c, (84, 84, 3)).init_params(jax.random.PRNGKey(0))
+  assert p["head"]["kernel"].shape == (5 * 5 * 4, 5)          # 84 -> 5 x 5, flattened
+  record = lambda **kw: fewshot.bn_in_inner_loop(
+      config_lib.validate(_with(c, **kw)),
+      fewshot.algorithm(_with(c, **kw)))
+  assert record() is True
+  assert record(bn_outer_only=True) is False
+  assert record(algorithm="anil") is False
+  assert record(algorithm="mamlpp", bn="per_step") is False
+  assert record(bn="none") is None
+  assert record(algorithm="protonet") is None
+
+
+def _with(config, **changes):
+  c = config.copy_and_resolve_references()
+  c.update(changes)
+  return c
