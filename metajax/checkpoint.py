@@ -56,11 +56,16 @@ def config_diff(saved: dict, now: dict) -> list[str]:
           for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
 
 
-def check_resumable(saved: dict, now: dict, directory: str) -> None:
+def check_resumable(saved: dict, now: dict, directory: str,
+                    done_steps: Optional[int] = None) -> None:
   """Raises ConfigError if `now` changes anything but RESUMABLE_KEYS.
 
   A key the saved config lacks (added to metajax after the run began) counts
   as unchanged when `now` has it at its default, which is what the run used.
+  num_steps may always change under a constant outer rate; under a schedule
+  (defined by num_steps) only to `done_steps`, the meta-step of the checkpoint
+  being resumed: the run then ends there and is tested, taking no step of a
+  changed schedule.
   """
   if saved.get("inner_optimizer") == "adam" and "carry_inner_adam" not in saved:
     raise ConfigError(
@@ -76,10 +81,14 @@ def check_resumable(saved: dict, now: dict, directory: str) -> None:
   changed = [line for line in config_diff(saved, now)
              if line.split(":")[0].strip() not in RESUMABLE_KEYS]
   if (saved.get("num_steps") != now.get("num_steps")
-      and now.get("outer_lr_schedule", "constant") != "constant"):
+      and now.get("outer_lr_schedule", "constant") != "constant"
+      and (done_steps is None or now.get("num_steps") != done_steps)):
+    end = "" if done_steps is None else (
+        f"; num_steps={done_steps} ends the run at its checkpoint of meta-step "
+        f"{done_steps} and tests it")
     changed.append(f"  num_steps: {saved.get('num_steps')!r} -> {now.get('num_steps')!r} "
                    f"(the {now['outer_lr_schedule']!r} learning-rate schedule is "
-                   "defined by num_steps)")
+                   f"defined by num_steps{end})")
   if changed:
     raise ConfigError(
         f"{directory} holds a run with a different config; resuming it would change "
@@ -144,7 +153,7 @@ class Checkpoints:
     """(state, meta) of the newest readable checkpoint, or None if there is none.
 
     `template` is a state with the right structure, shapes and shardings.
-    `check_meta(meta)` runs before the arrays are read (e.g. the config check;
+    `check_meta(meta, step)` runs before the arrays are read (e.g. the config check;
     its errors propagate). An unreadable checkpoint is reported, moved aside,
     and the previous one tried.
     """
@@ -158,7 +167,7 @@ class Checkpoints:
         self._set_aside(step, e)
         continue
       if check_meta is not None:
-        check_meta(meta)
+        check_meta(meta, step)
       try:  # the config is read and checked already: only the arrays now
         return self._read(step, template, meta=False)["state"], meta
       except MemoryError:

@@ -97,8 +97,8 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   eval_every = config.get("eval_every", 0) if on_boundary else 0
   config_dict = config.to_dict()
   restored = checkpoints.restore_latest(
-      state, check_meta=lambda meta: check_resumable(meta["config"], config_dict,
-                                                     checkpoints.directory))
+      state, check_meta=lambda meta, step: check_resumable(
+          meta["config"], config_dict, checkpoints.directory, done_steps=step))
   # Times of a resumed run add up over its sessions (each compiles anew):
   # `prior` holds those of the sessions before this one.
   start, prior = 0, dict.fromkeys(SESSION_TIMES, 0.0)

@@ -218,6 +218,27 @@ def test_schedule_length_may_not_change_on_resume():
     check_resumable(saved, now, "DIR")
 
 
+def test_a_scheduled_run_may_end_at_its_last_checkpoint(tmp_path, capsys):
+  # A cosine run stopped after its checkpoint of meta-step 40 (of 60): resuming
+  # with num_steps=40 takes no step of a changed schedule, so it is allowed and
+  # tests the parameters of step 40; any other new length is still refused.
+  import shutil
+  args = [*ARGS, "--workdir", str(tmp_path), "--config.outer_lr_schedule=cosine",
+          "--config.checkpoint_every=20", "--config.keep_checkpoints=5"]
+  assert main([*args, "--config.num_steps=60"]) == 0
+  shutil.rmtree(tmp_path / "checkpoints" / "60")  # as if killed before that save
+  os.remove(tmp_path / "eval.json")
+  assert main([*args, "--config.num_steps=50"]) == 2
+  err = capsys.readouterr().err
+  assert "'cosine' learning-rate schedule" in err and "num_steps=40 ends the run" in err
+  assert main([*args, "--config.num_steps=40"]) == 0
+  result = json.load(open(tmp_path / "eval.json"))
+  assert result["resumed_from_step"] == 40
+  assert json.load(open(tmp_path / "config.json"))["num_steps"] == 40
+  saved = load_arrays(str(tmp_path / "checkpoints" / "40"))
+  assert int(np.asarray(saved["step"])) == 40
+
+
 def test_restoring_never_unpickles(reference, monkeypatch):
   def refuse(*args, **kwargs):
     raise AssertionError("pickle used while loading a checkpoint")
