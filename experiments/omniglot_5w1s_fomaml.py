@@ -6,8 +6,8 @@ Command (prepare the data once first: see docs/DATA.md):
 Paper: 98.3 ± 0.5 % (Finn et al. 2017, Table 1).
 Ours: 94.16 ± 0.48 % after 20,000 of the 60,000 meta-steps (best validation at 15,000), 2-core
       CPU; validation flat near 93.5 % from step 13,000 (docs/RESULTS.md). With MAML's reference
-      model (--config.downsample=stride --config.bn_outer_only=True): 96.20 ± 0.34 % after
-      12,000 meta-steps, still rising.
+      model (--config.downsample=stride --config.bn_outer_only=True): 96.66 ± 0.32 % after
+      16,000 meta-steps, still rising.
 """
 
 from metajax.papers import paper_config
