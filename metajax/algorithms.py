@@ -58,6 +58,12 @@ class Algorithm:
   bn_outer_only: bool = False       # BN parameters not adapted in the inner loop
 
   @property
+  def freezes_batch_norm(self) -> bool:
+    """The inner loop leaves the BN parameters to the outer loop (per-step BN
+    as in MAML++, or bn_outer_only)."""
+    return self.per_step_bn or self.bn_outer_only
+
+  @property
   def test_lam(self) -> float:
     """iMAML: the lambda a task adapts with at test (eval_lam; < 0: lam)."""
     return self.lam if self.eval_lam < 0 else self.eval_lam
@@ -115,7 +121,7 @@ def inner_mask(algo: Algorithm, params: PyTree) -> Optional[PyTree]:
   loop learns, as in MAML++'s and MAML's reference code; otherwise all (None)."""
   if algo.head_only:
     return head_mask(params)
-  if algo.per_step_bn or algo.bn_outer_only:
+  if algo.freezes_batch_norm:
     return batch_norm_frozen_mask(params)
   return None
 

@@ -63,7 +63,7 @@ def bn_in_inner_loop(config, algo: Algorithm):
   loop, or no batch norm), as eval.json records it."""
   if config.bn == "none" or algo.name == "protonet":
     return None
-  return not (algo.bn_outer_only or algo.per_step_bn or algo.head_only)
+  return not (algo.freezes_batch_norm or algo.head_only)
 
 
 def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
@@ -186,7 +186,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "first_order_steps": algo.first_order_steps,
       "outer_lr_schedule": config.outer_lr_schedule,
       "downsample": config.downsample, "bn": config.bn,
-      "bn_in_inner_loop": bn_in_inner_loop(config, algo), "filters": config.filters, "input_norm": config.input_norm,
+      "bn_in_inner_loop": bn_in_inner_loop(config, algo), "filters": config.filters,
+      "input_norm": config.input_norm,
       "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
       "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
       **test,
