@@ -53,20 +53,18 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   if impl == "hybrid":
     out = _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
     return _every_other(out) if stride == 2 else out
-  n, h, w, c = x_NxHxWxC.shape
+  n, _, _, c = x_NxHxWxC.shape
   o = kernel_3x3xCxO.shape[-1]
-  views = _views(x_NxHxWxC)
-  if stride == 2:
-    views = [_every_other(v) for v in views]
-    h, w = views[0].shape[1:3]
   if impl == "im2col":
-    out = jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c) @ \
-        kernel_3x3xCxO.reshape(9 * c, o)
+    out = _patches(x_NxHxWxC, stride) @ kernel_3x3xCxO.reshape(9 * c, o)
   elif impl == "shifted":
+    views = _views(x_NxHxWxC, stride)
     k_9xCxO = kernel_3x3xCxO.reshape(9, c, o)
-    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t] for t, v in enumerate(views))
+    out = sum(v.reshape(-1, c) @ k_9xCxO[t] for t, v in enumerate(views))
   else:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
+  # ceil(H / stride) x ceil(W / stride) output positions.
+  h, w = -(-x_NxHxWxC.shape[1] // stride), -(-x_NxHxWxC.shape[2] // stride)
   return out.reshape(n, h, w, o)
 
 
@@ -82,17 +80,20 @@ def _xla_conv(x_NxHxWxC, kernel_3x3xCxO, stride=1):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _views(x_NxHxWxC):
-  """The 9 shifted (zero-padded) views x[:, h+i-1, w+j-1, :], i, j in 0..2."""
+def _views(x_NxHxWxC, stride: int = 1):
+  """The 9 shifted (zero-padded) views x[:, h+i-1, w+j-1, :], i, j in 0..2;
+  with stride 2 only the positions a 'SAME' window is centred on."""
   n, h, w, c = x_NxHxWxC.shape
   xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+  views = [xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)]
+  return views if stride == 1 else [_every_other(v) for v in views]
 
 
-def _patches(x_NxHxWxC):
-  """im2col: (N*H*W, 9*C) rows of 3x3 neighbourhoods, zero-padded."""
-  n, h, w, c = x_NxHxWxC.shape
-  return jnp.concatenate(_views(x_NxHxWxC), axis=-1).reshape(n * h * w, 9 * c)
+def _patches(x_NxHxWxC, stride: int = 1):
+  """im2col: (N*H'*W', 9*C) rows of 3x3 neighbourhoods, zero-padded."""
+  views = _views(x_NxHxWxC, stride)
+  n, h, w, c = views[0].shape
+  return jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c)
 
 
 @jax.custom_vjp
