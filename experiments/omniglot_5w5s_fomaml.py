@@ -15,5 +15,6 @@ def get_config():
   # The published settings it sets (edit any of them here):
   #   inner_steps=1, inner_lr=0.4, inner_optimizer='sgd', meta_batch=32, k_query=5,
   #   outer_optimizer='adam', outer_lr=0.001, outer_lr_schedule='constant',
-  #   num_steps=60000, filters=64, eval_max_steps=3, eval_query=15
+  #   num_steps=60000, filters=64, eval_max_steps=3, eval_query=15,
+  #   downsample='stride', bn_outer_only=True
   return config

@@ -77,11 +77,13 @@ def _maml_settings(dataset: str, ways: int, shots: int) -> dict:
   steps), 20-way 5 steps at 0.1 (meta-batch 16, tested with 5); mini-ImageNet
   5 steps at 0.01, meta-batch 4 (1-shot) / 2 (5-shot), 15 query images per
   class, tested with 10 steps; 60k meta-steps, Adam 1e-3, K query per class on
-  Omniglot (the reference code). The paper's Omniglot model has stride-2
-  convolutions instead of max-pooling (`downsample="stride"`); these settings
-  keep max-pooling, which the recorded Omniglot runs used."""
+  Omniglot (the reference code). On Omniglot, the reference code's model:
+  stride-2 convolutions instead of max-pooling, and batch norm's offset
+  learned by the outer loop only (its variables are not among the weights the
+  inner loop adapts)."""
   if dataset == "omniglot":
-    s = dict(k_query=shots, filters=64, num_steps=60_000)
+    s = dict(k_query=shots, filters=64, num_steps=60_000, downsample="stride",
+             bn_outer_only=True)
     if ways == 5:
       return dict(s, inner_steps=1, inner_lr=0.4, meta_batch=32, eval_max_steps=3)
     return dict(s, inner_steps=5, inner_lr=0.1, meta_batch=16, eval_max_steps=5)
@@ -178,6 +180,9 @@ def paper_config(algorithm: str, dataset: str, ways: int, shots: int):
     config.update(_imaml_settings(dataset, ways, shots))
   else:
     config.update(_maml_settings(dataset, ways, shots))
+  if algorithm == "anil":
+    # ANIL adapts only the head: batch norm is outside its inner loop anyway.
+    config.bn_outer_only = False
   if algorithm == "metasgd":
     # Meta-SGD adapts in one step with its learned rates, at training and test.
     config.update(inner_steps=1, eval_max_steps=1)

@@ -264,11 +264,12 @@ def _bn_mlp_loss(params, batch):
 
 
 @pytest.mark.parametrize("name,jit", [("maml", True), ("maml", False), ("fomaml", True),
-                                      ("fomaml", False)])
+                                      ("fomaml", False), ("metasgd", True), ("metasgd", False)])
 def test_bn_outer_only_keeps_batch_norm_out_of_the_inner_loop(name, jit):
   # Against a written-out inner loop that updates every leaf but the BN ones
   # (selected by name), per task in a Python loop: MAML differentiates through
-  # it, first-order MAML takes the query gradient at the adapted parameters.
+  # it, first-order MAML takes the query gradient at the adapted parameters,
+  # Meta-SGD steps with its per-parameter rates (and learns them).
   from metajax import config as config_lib
   with jax.enable_x64(True):
     k = jax.random.split(jax.random.PRNGKey(0), 8)
@@ -284,30 +285,43 @@ def test_bn_outer_only_keeps_batch_norm_out_of_the_inner_loop(name, jit):
     config.update(algorithm=name, inner_steps=2, inner_lr=0.5, bn_outer_only=True,
                   batching="vmap")
     algo = Algorithm.from_config(config_lib.validate(config))
+    # Meta-SGD: one learned rate per parameter, around 0.5; MAML: 0.5 everywhere.
+    rates = (jax.tree.map(lambda p: 0.5 + 0.1 * jnp.cos(jnp.arange(p.size).reshape(p.shape)),
+                          params) if name == "metasgd" else None)
 
-    def adapt(theta, support):
+    def adapt(theta, alpha, support):
       phi = theta
       for _ in range(2):
         g = jax.grad(_bn_mlp_loss)(phi, support)
         if name == "fomaml":
           g = jax.lax.stop_gradient(g)
+        lr = alpha if alpha is not None else jax.tree.map(lambda _: 0.5, phi)
         phi = jax.tree_util.tree_map_with_path(
-            lambda path, p, gg: p if _is_bn_leaf(path) else p - 0.5 * gg, phi, g)
+            lambda path, p, gg, a: p if _is_bn_leaf(path) else p - a * gg, phi, g, lr)
       return phi
 
     def written_out(theta, task):
-      if name == "maml":
-        return jax.grad(lambda t: _bn_mlp_loss(adapt(t, task["support"]), task["query"]))(theta)
-      return jax.grad(_bn_mlp_loss)(adapt(theta, task["support"]), task["query"])
+      if name == "fomaml":
+        return {"params": jax.grad(_bn_mlp_loss)(adapt(theta, None, task["support"]),
+                                                 task["query"])}
+      query_loss = lambda t, a: _bn_mlp_loss(adapt(t, a, task["support"]), task["query"])
+      g_theta, g_alpha = jax.grad(query_loss, argnums=(0, 1))(theta, rates)
+      return {"params": g_theta} if rates is None else {"params": g_theta, "inner_lr": g_alpha}
 
-    fn = lambda p, t: meta_gradient(algo, _bn_mlp_loss, {"params": p, "inner_lr": None}, t)
+    fn = lambda p, t: meta_gradient(algo, _bn_mlp_loss, {"params": p, "inner_lr": rates}, t)
     _, grads = (jax.jit(fn) if jit else fn)(params, tasks)
     expected = jax.tree.map(lambda *g: np.mean(g, axis=0), *[
         written_out(params, jax.tree.map(lambda a: a[i], tasks)) for i in range(2)])
-    chex.assert_trees_all_close(grads["params"], expected, rtol=1e-10, atol=1e-13)
+    chex.assert_trees_all_close(grads["params"], expected["params"], rtol=1e-10, atol=1e-13)
+    if name == "metasgd":
+      # The BN rates are never used, so their meta-gradient is exactly zero.
+      chex.assert_trees_all_close(grads["inner_lr"], expected["inner_lr"],
+                                  rtol=1e-10, atol=1e-13)
+      assert not np.any(grads["inner_lr"]["block_0"]["bn_scale"])
     # ... and adapting BN too (the default) gives a different meta-gradient.
     default = Algorithm.from_config(config_lib.validate(_off(config)))
-    _, other = meta_gradient(default, _bn_mlp_loss, {"params": params, "inner_lr": None}, tasks)
+    _, other = meta_gradient(default, _bn_mlp_loss, {"params": params, "inner_lr": rates},
+                             tasks)
     diff = ravel_pytree(other["params"])[0] - ravel_pytree(grads["params"])[0]
     assert np.linalg.norm(diff) > 1e-3 * np.linalg.norm(ravel_pytree(grads["params"])[0])
 

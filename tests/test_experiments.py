@@ -1,6 +1,7 @@
 """Every few-shot experiment file: loads, validates, names its cell, and quotes
 the published number of that cell (metajax.papers)."""
 
+import ast
 import glob
 import os
 import re
@@ -37,3 +38,16 @@ def test_experiment_file(path):
   assert paper_line.startswith(papers.format_published(published) + (
       "" if published is None else " %"))
   assert re.search(r"^Ours: ", text, re.M)
+
+
+@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
+def test_listed_settings_are_the_ones_set(path):
+  """The comment "The published settings it sets" lists key=value pairs a
+  researcher reads instead of metajax.papers: each must be the config's value."""
+  text = open(path).read()
+  listing = re.search(r"# The published settings it sets.*?\n((?:\s*#.*\n)+)", text).group(1)
+  pairs = re.findall(r"(\w+)=('[^']*'|[^,\s]+)", listing)
+  assert pairs, listing
+  config = load_config(path)
+  for key, value in pairs:
+    assert config[key] == ast.literal_eval(value), (key, value, config[key])
