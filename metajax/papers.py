@@ -80,7 +80,9 @@ def _maml_settings(dataset: str, ways: int, shots: int) -> dict:
   Omniglot (the reference code). On Omniglot, the reference code's model:
   stride-2 convolutions instead of max-pooling, and batch norm's offset
   learned by the outer loop only (its variables are not among the weights the
-  inner loop adapts)."""
+  inner loop adapts). Its mini-ImageNet model max-pools and keeps batch norm
+  out of the inner loop too; the latter is not set here yet (the recorded
+  mini-ImageNet run adapted it: add --config.bn_outer_only=True)."""
   if dataset == "omniglot":
     s = dict(k_query=shots, filters=64, num_steps=60_000, downsample="stride",
              bn_outer_only=True)
