@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w1s_maml.py --workdir runs/omniglot_20w1s_maml
 
 Paper: 95.8 ± 0.3 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 87.14 ± 0.30 % after 3,000 of the 60,000 meta-steps (best validation at 2,500), 2-core
+      CPU, with this file's model (104 min on one core; docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
