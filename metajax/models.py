@@ -53,18 +53,18 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   if impl == "hybrid":
     out = _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
     return _every_other(out) if stride == 2 else out
-  n, _, _, c = x_NxHxWxC.shape
-  o = kernel_3x3xCxO.shape[-1]
+  c, o = kernel_3x3xCxO.shape[2:]
   if impl == "im2col":
-    out = _patches(x_NxHxWxC, stride) @ kernel_3x3xCxO.reshape(9 * c, o)
+    patches_NxHxWx9C = _patches(x_NxHxWxC, stride)
+    n, h, w, _ = patches_NxHxWx9C.shape
+    out = patches_NxHxWx9C.reshape(n * h * w, 9 * c) @ kernel_3x3xCxO.reshape(9 * c, o)
   elif impl == "shifted":
     views = _views(x_NxHxWxC, stride)
+    n, h, w, _ = views[0].shape
     k_9xCxO = kernel_3x3xCxO.reshape(9, c, o)
-    out = sum(v.reshape(-1, c) @ k_9xCxO[t] for t, v in enumerate(views))
+    out = sum(v.reshape(n * h * w, c) @ k_9xCxO[t] for t, v in enumerate(views))
   else:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
-  # ceil(H / stride) x ceil(W / stride) output positions.
-  h, w = -(-x_NxHxWxC.shape[1] // stride), -(-x_NxHxWxC.shape[2] // stride)
   return out.reshape(n, h, w, o)
 
 
@@ -90,10 +90,9 @@ def _views(x_NxHxWxC, stride: int = 1):
 
 
 def _patches(x_NxHxWxC, stride: int = 1):
-  """im2col: (N*H'*W', 9*C) rows of 3x3 neighbourhoods, zero-padded."""
-  views = _views(x_NxHxWxC, stride)
-  n, h, w, c = views[0].shape
-  return jnp.concatenate(views, axis=-1).reshape(n * h * w, 9 * c)
+  """im2col: (N, H', W', 9*C) 3x3 neighbourhoods, zero-padded, at the output
+  positions (H' = H, or ceil(H/2) with stride 2)."""
+  return jnp.concatenate(_views(x_NxHxWxC, stride), axis=-1)
 
 
 @jax.custom_vjp
@@ -114,7 +113,7 @@ def _hybrid_bwd(res, g_NxHxWxO):
   c, o = kernel.shape[2], kernel.shape[3]
   kernel_t = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
   dx = _hybrid_conv(g_NxHxWxO, kernel_t)
-  dk = (_patches(x).T @ g_NxHxWxO.reshape(-1, o)).reshape(3, 3, c, o)
+  dk = (_patches(x).reshape(-1, 9 * c).T @ g_NxHxWxO.reshape(-1, o)).reshape(3, 3, c, o)
   return dx, dk
 
 
