@@ -66,8 +66,11 @@ def bn_in_inner_loop(config, algo: Algorithm):
   return not (algo.freezes_batch_norm or algo.head_only)
 
 
-def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
-  """evaluate(meta_params, images, num_tasks) -> accuracy_BxS (S = 0..eval_max_steps).
+def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
+                   last_only: bool = False):
+  """evaluate(meta_params, images, num_tasks) -> accuracy_BxS (S = 0..eval_max_steps),
+  or with `last_only` accuracy_Bx1 after eval_max_steps only (validation: the
+  per-step query passes it skips cost more than the adaptation itself).
 
   Episode batch b uses key fold_in(PRNGKey(eval_seed), b): the episodes depend
   only on the seed, the split and N/K/Q, never on the model or the run.
@@ -85,7 +88,8 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std):
       per_task = jax.vmap(acc) if algo.batching == "vmap" else partial(jax.lax.map, acc)
       return per_task(tasks)[:, None]
     return adaptation_losses(algo, problem.loss_fn, meta_params, tasks,
-                             steps=config.eval_max_steps, lr=lr, metric=problem.accuracy)
+                             steps=config.eval_max_steps, lr=lr, metric=problem.accuracy,
+                             last_only=last_only)
 
   def evaluate(meta_params, images, num_tasks: int) -> np.ndarray:
     base = jax.random.PRNGKey(config.eval_seed)
@@ -143,12 +147,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                              param_sharding=config.param_sharding,
                              skip_nonfinite=config.on_nan == "skip")
   evaluate = make_evaluator(config, algo, problem, mean, std)
+  evaluate_last = make_evaluator(config, algo, problem, mean, std, last_only=True)
 
   # Each split goes to the devices once, not at every validation.
   val_on_device = None if val_images is None else sharding.place_state(val_images, mesh)
 
   def validate(state):
-    acc = summarize(evaluate(state.adaptation_params(), val_on_device, config.val_tasks))
+    acc = summarize(evaluate_last(state.adaptation_params(), val_on_device, config.val_tasks))
     return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"],
             "score": acc["final_accuracy"]}
 

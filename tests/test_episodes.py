@@ -196,6 +196,44 @@ def test_evaluation_episodes_are_fixed_by_the_seed(synthetic_data):
   assert not np.array_equal(a, other)
 
 
+@pytest.mark.parametrize("algorithm,extra", [
+    ("maml", {}),
+    ("mamlpp", dict(lslr=True, bn="per_step")),  # step t's BN set and rate
+    ("metasgd", {}),
+    ("anil", {}),
+    ("imaml", dict(imaml_eval_lam=2.0)),  # adapts on the proximal objective
+])
+def test_validation_pass_equals_the_last_step_of_the_full_one(synthetic_data, algorithm,
+                                                              extra):
+  """Validation computes only the query loss after the last step; it must be
+  the last column of the per-step evaluation (the test's), which observes the
+  query inside the scan over steps."""
+  from metajax.evaluate import adaptation_losses
+  from metajax.step import init_state, make_outer_optimizer
+  config = tiny_fewshot(algorithm=algorithm, inner_steps=3, **extra)
+  algo = fewshot.algorithm(config)
+  problem = fewshot.problem_for(config, synthetic_data["test"].shape[2:])
+  params = problem.init_params(jax.random.PRNGKey(0))
+  state = init_state(algo, params, make_outer_optimizer(config), jax.random.PRNGKey(1))
+  # Make every step's BN set and learned rate different, so a wrong step index shows.
+  keys = iter(jax.random.split(jax.random.PRNGKey(2), 64))
+  noisy = lambda t: jax.tree.map(
+      lambda x: x * (1 + 0.3 * jax.random.uniform(next(keys), x.shape)), t)
+  mp = dict(state.adaptation_params(), params=noisy(state.params))
+  if mp.get("inner_lr") is not None:
+    mp["inner_lr"] = noisy(mp["inner_lr"])
+  tasks = sample_episodes(jax.random.PRNGKey(3), jnp.asarray(synthetic_data["test"]),
+                          meta_batch=6, ways=5, shots=1, queries=5)
+  full_BxS = adaptation_losses(algo, problem.loss_fn, mp, tasks, steps=3)
+  last_Bx1 = jax.jit(lambda mp, tasks: adaptation_losses(
+      algo, problem.loss_fn, mp, tasks, steps=3, last_only=True))(mp, tasks)
+  assert full_BxS.shape == (6, 4) and last_Bx1.shape == (6, 1)
+  np.testing.assert_allclose(last_Bx1[:, 0], full_BxS[:, -1], rtol=2e-5)
+  assert not np.allclose(full_BxS[:, -1], full_BxS[:, -2])  # the steps do differ
+  zero = adaptation_losses(algo, problem.loss_fn, mp, tasks, steps=0, last_only=True)
+  np.testing.assert_allclose(zero[:, 0], full_BxS[:, 0], rtol=2e-5)
+
+
 def test_impossible_episode_is_a_clear_cli_error(tmp_path, synthetic_data, capsys):
   import os
   exp = tmp_path / "exp.py"
