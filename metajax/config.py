@@ -88,6 +88,8 @@ def add_mamlpp_keys(c: ml_collections.ConfigDict) -> None:
   anil and mamlpp.
   """
   c.lslr = False                # learned inner rate per parameter leaf and inner step
+  # Either may exceed num_steps: the phase then lasts the whole run (the first
+  # num_steps of a longer schedule, e.g. a run cut short at a checkpoint).
   c.msl_steps = 0               # meta-steps with the annealed multi-step loss; 0 = off
   c.first_order_steps = 0       # derivative-order annealing: meta-steps of first order
 
@@ -240,9 +242,6 @@ def _check_mamlpp(config) -> None:
     raise ConfigError(f"first_order_steps={config.first_order_steps} switches first-order "
                       "to second-order MAML, but this run is first order throughout "
                       "(algorithm='fomaml' or first_order=True); use 0")
-  for key in ("msl_steps", "first_order_steps"):
-    if config[key] > config.num_steps:
-      raise ConfigError(f"{key}={config[key]} exceeds num_steps={config.num_steps}")
   m = config.outer_lr_min
   if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= config.outer_lr:
     raise ConfigError(f"outer_lr_min must be a number in [0, outer_lr={config.outer_lr}], "
