@@ -61,20 +61,14 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   def one_task(task):
     # MAML++'s per-step BN: the query after step t uses step t's parameters.
     query_metric = lambda p, **step: metric(p, task["query"], **step)
-    if last_only and steps > 0:
-      adapted, *_ = inner_loop(inner_loss, params, task["support"], steps=steps, lr=lr,
-                               mask=mask, optimizer=algo.inner_optimizer,
-                               lr_per_step=lr_per_step, step_arg=algo.per_step_bn,
-                               adam_carry=adam_carry)
-      last = {"step": steps - 1} if algo.per_step_bn else {}
+    adapted, after_T, *_ = inner_loop(
+        inner_loss, params, task["support"], steps=steps, lr=lr, mask=mask,
+        optimizer=algo.inner_optimizer, observe=None if last_only else query_metric,
+        lr_per_step=lr_per_step, step_arg=algo.per_step_bn, adam_carry=adam_carry)
+    if last_only:  # after step T - 1 (with 0 steps: `params`, before adaptation)
+      last = {"step": steps - 1} if algo.per_step_bn and steps else {}
       return query_metric(adapted, **last)[None]
-    _, after_T, *_ = inner_loop(inner_loss, params, task["support"], steps=steps,
-                                lr=lr, mask=mask, optimizer=algo.inner_optimizer,
-                                observe=query_metric, lr_per_step=lr_per_step,
-                                step_arg=algo.per_step_bn, adam_carry=adam_carry)
     before = query_metric(params)[None]
-    if last_only:  # zero steps: "after the last step" is before adaptation
-      return before
     return before if after_T is None else jnp.concatenate([before, after_T])
 
   if algo.batching == "vmap":
