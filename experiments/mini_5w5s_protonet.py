@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w5s_protonet.py --workdir runs/mini_5w5s_protonet
 
 Paper: 68.2 ± 0.66 % (Snell et al. 2017, Table 2, Euclidean distance; trained 20-way).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 56.09 ± 0.68 % after the first 2,000 of its 20,000 episodes on a 2-core CPU
+(docs/RESULTS.md, ProtoNet section; validation still rising).
 """
 
 from metajax.papers import paper_config
