@@ -205,8 +205,16 @@ class ConvBlock(nn.Module):
       sets = self.bn_steps if self.bn == "per_step" else 1
       scale = self.param("bn_scale", nn.initializers.ones, (sets, self.filters))
       shift = self.param("bn_bias", nn.initializers.zeros, (sets, self.filters))
-      idx = jnp.minimum(step, sets - 1) if self.bn == "per_step" else 0
-      h = batch_norm(h, scale[idx], shift[idx])
+      if self.bn == "per_step":
+        # A one-hot sum, not scale[step]: inside the scanned inner loop the
+        # traced index made the second-order MAML++ meta-step 1.7x slower on
+        # CPU (docs/RESULTS.md, MAML++ ablation). Elementwise, not a matmul, so
+        # no backend rounds the parameters (TPU matmuls default to bfloat16).
+        onehot_Sx1 = jax.nn.one_hot(jnp.minimum(step, sets - 1), sets, dtype=scale.dtype)[:, None]
+        scale_C, shift_C = (onehot_Sx1 * scale).sum(0), (onehot_Sx1 * shift).sum(0)
+      else:
+        scale_C, shift_C = scale[0], shift[0]
+      h = batch_norm(h, scale_C, shift_C)
     h = nn.relu(h)
     return h if stride == 2 else max_pool2x2(h)
 

@@ -142,6 +142,9 @@ def test_conv4_shapes_and_per_step_bn():
   apply = jax.jit(lambda p, x, step: model.apply({"params": p}, x, step))  # step traced
   out = [apply(params, x, step) for step in (0, 1, 2)]
   assert not np.allclose(out[0], out[1]) and np.allclose(out[0], out[2])
+  # Steps past the last set use the last set; a Python int step (no jit) the same set.
+  np.testing.assert_allclose(apply(params, x, 7), out[2], rtol=1e-6)
+  np.testing.assert_allclose(model.apply({"params": params}, x, 1), out[1], rtol=1e-5, atol=1e-6)
   none = Conv4(ways=5, filters=8, bn="none")
   assert "bn_scale" not in jax.eval_shape(none.init, jax.random.PRNGKey(0), x)["params"]["block_0"]
 
