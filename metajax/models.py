@@ -207,9 +207,10 @@ class ConvBlock(nn.Module):
       shift = self.param("bn_bias", nn.initializers.zeros, (sets, self.filters))
       if self.bn == "per_step":
         # A one-hot sum, not scale[step]: inside the scanned inner loop the
-        # traced index made the second-order MAML++ meta-step 1.7x slower on
-        # CPU (docs/RESULTS.md, MAML++ ablation). Elementwise, not a matmul, so
-        # no backend rounds the parameters (TPU matmuls default to bfloat16).
+        # traced index made the second-order MAML++ meta-step 1.6x slower on
+        # CPU (docs/RESULTS.md, "Per-step batch norm: a one-hot sum instead of
+        # an index"). Elementwise, not a matmul, so no backend rounds the
+        # parameters (TPU matmuls default to bfloat16).
         onehot_Sx1 = jax.nn.one_hot(jnp.minimum(step, sets - 1), sets, dtype=scale.dtype)[:, None]
         scale_C, shift_C = (onehot_Sx1 * scale).sum(0), (onehot_Sx1 * shift).sum(0)
       else:
