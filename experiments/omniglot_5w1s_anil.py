@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_anil.py --workdir runs/omniglot_5w1s_anil
 
 Paper: not reported (Raghu et al. 2020, Table 2 has no such cell).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 96.54 ± 0.36 % after 10,000 meta-steps (3 test steps, best validation at 9,000), 17 min
+      on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config

@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_metasgd.py --workdir runs/omniglot_5w1s_metasgd
 
 Paper: 99.53 ± 0.26 % (Li et al. 2017, Tables 2-3).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 97.01 ± 0.30 % after 10,000 of the 60,000 meta-steps (1 test step, best validation at
+      10,000), 30 min on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
