@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w5s_maml.py --workdir runs/omniglot_5w5s_maml
 
 Paper: 99.9 ± 0.1 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 99.30 ± 0.11 % after 6,000 of the 60,000 meta-steps (best validation at 6,000), 77 min
+      on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
