@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w5s_metasgd.py --workdir runs/omniglot_5w5s_metasgd
 
 Paper: 99.93 ± 0.09 % (Li et al. 2017, Tables 2-3).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 98.88 ± 0.14 % after 2,500 of the 60,000 meta-steps (1 test step, best validation at
+      2,500), 33 min on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
