@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w5s_anil.py --workdir runs/omniglot_5w5s_anil
 
 Paper: not reported (Raghu et al. 2020, Table 2 has no such cell).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 97.93 ± 0.45 % after 3 test steps, 98.71 ± 0.17 % after 1, 4,000 meta-steps (best
+      validation at 4,000), 27 min on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
