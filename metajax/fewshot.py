@@ -15,6 +15,7 @@ from functools import partial
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,7 +26,7 @@ from metajax.batching import resolve
 from metajax.checkpoint import Checkpoints
 from metajax.evaluate import adaptation_losses, mean_ci95
 from metajax.protonet import episode_accuracy, episode_loss
-from metajax.step import init_state, make_meta_step, make_outer_optimizer
+from metajax.step import initial_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.episodes import channel_stats, check_episode_shape, sample_episodes
 from metajax.tasks.fewshot import Problem
 
@@ -106,6 +107,73 @@ def summarize(acc_BxS: np.ndarray) -> dict:
           "final_accuracy": per_step[-1][0], "final_ci95": per_step[-1][1]}
 
 
+@dataclasses.dataclass
+class Setup:
+  """What meta-training and re-testing a config share. `state` is the initial
+  TrainState placed on `mesh`: also the template checkpoints restore into."""
+  algo: Algorithm
+  conv: str
+  problem: Problem
+  optimizer: Any
+  mesh: Any
+  state: Any
+  mean: Any  # per-channel input statistics (input_norm="standardize"), else None
+  std: Any
+
+
+def setup(config, image_shape, train_images=None) -> Setup:
+  """Algorithm, model, outer optimizer, device mesh and initial state of a config.
+  `train_images` is needed only for input_norm="standardize" (its statistics)."""
+  mean, std = (None, None)
+  if config.input_norm == "standardize":
+    mean, std = channel_stats(train_images)
+  algo = algorithm(config)
+  _, _, conv = _resolve(config)
+  problem = problem_for(config, image_shape)
+  optimizer = make_outer_optimizer(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
+  state = initial_state(config, algo, problem, optimizer, mesh)
+  return Setup(algo, conv, problem, optimizer, mesh, state, mean, std)
+
+
+def run_test(config, s: Setup, state, test_images) -> dict:
+  """Scores `state`'s parameters on the config's fixed test episodes; returns
+  what eval.json records about the test (protocol, model, accuracy per step)."""
+  chosen = sharding.host_tree(state.adaptation_params())
+  evaluate = make_evaluator(config, s.algo, s.problem, s.mean, s.std)
+  t0 = time.perf_counter()
+  acc = summarize(evaluate(chosen, sharding.place_state(test_images, s.mesh),
+                           config.eval_tasks))
+  test_s = time.perf_counter() - t0
+  algo = s.algo
+  test_steps = 0 if algo.name == "protonet" else config.eval_max_steps
+  result = {
+      "metric": "accuracy", "split": "test", "dataset": config.task,
+      "dataset_config": config.dataset_config, "algorithm": config.algorithm,
+      "first_order": algo.first_order, "ways": config.ways, "k_shot": config.k_shot,
+      "k_shot_train": config.k_shot_train or config.k_shot, "k_query_train": config.k_query,
+      "ways_train": config.ways_train or config.ways, "eval_query": config.eval_query,
+      "inner_steps_train": config.inner_steps,
+      "inner_steps_test": test_steps, "steps": list(range(test_steps + 1)),
+      "inner_lr": "learned" if learns_inner_lr(algo) else (
+          algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
+      "lslr": algo.lslr, "msl_steps": algo.msl_steps,
+      "first_order_steps": algo.first_order_steps,
+      "outer_lr_schedule": config.outer_lr_schedule,
+      "downsample": config.downsample, "bn": config.bn,
+      "bn_in_inner_loop": bn_in_inner_loop(config, algo), "filters": config.filters,
+      "input_norm": config.input_norm,
+      "batching": algo.batching, "conv_impl": s.conv, "meta_batch": config.meta_batch,
+      "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
+      **acc, "test_s": test_s,
+  }
+  if algo.name == "imaml":  # the lambda each phase adapted with
+    result.update(imaml_lam=algo.lam, imaml_eval_lam=algo.test_lam,
+                  imaml_inner=algo.imaml_inner)
+  return result
+
+
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   t0 = time.perf_counter()
   train_images = load_images(config, "train")
@@ -121,21 +189,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     if images is not None:
       check_episode_shape(images.shape, ways=ways, shots=shots,
                           queries=queries, split=split)
-  mean, std = (None, None)
-  if config.input_norm == "standardize":
-    mean, std = channel_stats(train_images)
-
-  algo = algorithm(config)
-  _, _, conv = _resolve(config)
+  s = setup(config, train_images.shape[2:], train_images)
+  algo, problem, mesh, mean, std = s.algo, s.problem, s.mesh, s.mean, s.std
   protonet = config.algorithm == "protonet"
-  problem = problem_for(config, train_images.shape[2:])
-  optimizer = make_outer_optimizer(config)
-  mesh = sharding.make_mesh(config.num_devices)
-  sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = sharding.place_state(init_state(
-      algo, problem.init_params(init_key), optimizer, state_key,
-      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh, config.param_sharding)
   sample = lambda key, images: sample_episodes(
       key, images, meta_batch=config.meta_batch, ways=train_ways,
       shots=train_shots, queries=config.k_query, mean=mean, std=std,
@@ -143,10 +199,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   loss_fn = problem.loss_fn
   if protonet:  # ProtoNet's "loss_fn" is the episode loss (metajax.algorithms)
     loss_fn = lambda params, task: episode_loss(problem.embed, params, task, train_ways)
-  meta_step = make_meta_step(algo, loss_fn, sample, optimizer, mesh=mesh,
+  meta_step = make_meta_step(algo, loss_fn, sample, s.optimizer, mesh=mesh,
                              param_sharding=config.param_sharding,
                              skip_nonfinite=config.on_nan == "skip")
-  evaluate = make_evaluator(config, algo, problem, mean, std)
   evaluate_last = make_evaluator(config, algo, problem, mean, std, last_only=True)
 
   # Each split goes to the devices once, not at every validation.
@@ -160,7 +215,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
                             keep=config.keep_checkpoints)
   state, stats = loop.run(
-      config, state, meta_step, workdir, checkpoints,
+      config, s.state, meta_step, workdir, checkpoints,
       data=sharding.place_state(train_images, mesh),
       on_boundary=validate if config.eval_every else None, progress=progress,
       desc=f"{config.algorithm} {config.task} {config.ways}w{config.k_shot}s")
@@ -172,41 +227,16 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     best_val = checkpoints.metrics(best_step)["score"]
     state, _ = checkpoints.restore(best_step, state)
   checkpoints.close()
-  chosen = sharding.host_tree(state.adaptation_params())
-  t0 = time.perf_counter()
-  test = summarize(evaluate(chosen, sharding.place_state(test_images, mesh), config.eval_tasks))
-  test_s = time.perf_counter() - t0
-  test_steps = 0 if protonet else config.eval_max_steps
-  result = {
-      "metric": "accuracy", "split": "test", "dataset": config.task,
-      "dataset_config": config.dataset_config, "algorithm": config.algorithm,
-      "first_order": algo.first_order, "ways": config.ways, "k_shot": config.k_shot,
-      "k_shot_train": train_shots, "k_query_train": config.k_query, "ways_train": train_ways,
-      "eval_query": config.eval_query,
-      "inner_steps_train": config.inner_steps,
-      "inner_steps_test": test_steps, "steps": list(range(test_steps + 1)),
-      "inner_lr": "learned" if learns_inner_lr(algo) else (
-          algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
-      "lslr": algo.lslr, "msl_steps": algo.msl_steps,
-      "first_order_steps": algo.first_order_steps,
-      "outer_lr_schedule": config.outer_lr_schedule,
-      "downsample": config.downsample, "bn": config.bn,
-      "bn_in_inner_loop": bn_in_inner_loop(config, algo), "filters": config.filters,
-      "input_norm": config.input_norm,
-      "batching": algo.batching, "conv_impl": conv, "meta_batch": config.meta_batch,
-      "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
-      **test,
+  result = run_test(config, s, state, test_images)
+  result.update({
       "params": "best validation" if best_step is not None else "final",
       "best_step": best_step, "best_val_accuracy": best_val,
       "val_tasks": config.val_tasks if config.eval_every else 0,
       "iterations": config.num_steps, "seed": config.seed,
-      **stats, "data_load_s": load_s, "test_s": test_s, "devices": mesh.size,
+      **stats, "data_load_s": load_s, "devices": mesh.size,
       "processes": jax.process_count(),
       "backend": jax.default_backend(), "jax_version": jax.__version__,
-  }
-  if algo.name == "imaml":  # the lambda each phase adapted with
-    result.update(imaml_lam=algo.lam, imaml_eval_lam=algo.test_lam,
-                  imaml_inner=algo.imaml_inner)
+  })
   if jax.process_index() != 0:
     return result
   with open(os.path.join(workdir, "eval.json"), "w") as f:

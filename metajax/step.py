@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from metajax.algorithms import Algorithm, meta_gradient
 from metajax.inner import LossFn, PyTree, fresh_adam_carry
-from metajax.sharding import constrain_state, shard_tasks
+from metajax.sharding import constrain_state, place_state, shard_tasks
 
 
 @flax.struct.dataclass
@@ -75,6 +75,15 @@ def init_state(algo: Algorithm, params: PyTree,
                     key=key,
                     adam_carry=fresh_adam_carry(params) if algo.carry_inner_adam else None)
 
+
+
+def initial_state(config, algo: Algorithm, problem, optimizer, mesh: Mesh) -> TrainState:
+  """The state a run of `config` starts from, placed on `mesh`: parameters from
+  problem.init_params and the task sampler's key, both from PRNGKey(config.seed)."""
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = init_state(algo, problem.init_params(init_key), optimizer, state_key,
+                     metasgd_lr_range=tuple(config.metasgd_lr_range))
+  return place_state(state, mesh, config.param_sharding)
 
 def make_meta_step(algo: Algorithm, loss_fn: LossFn,
                    sample_tasks: Callable[..., dict],

@@ -27,7 +27,7 @@ from metajax import loop, sharding
 from metajax.algorithms import Algorithm
 from metajax.checkpoint import Checkpoints
 from metajax.evaluate import evaluate, make_validator
-from metajax.step import init_state, make_meta_step, make_outer_optimizer
+from metajax.step import initial_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.sinusoid import Problem
 
 
@@ -152,10 +152,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
   sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = sharding.place_state(init_state(
-      algo, problem.init_params(init_key), optimizer, state_key,
-      metasgd_lr_range=tuple(config.metasgd_lr_range)), mesh, config.param_sharding)
+  state = initial_state(config, algo, problem, optimizer, mesh)
   meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks, optimizer,
                              mesh=mesh, param_sharding=config.param_sharding,
                              skip_nonfinite=config.on_nan == "skip")

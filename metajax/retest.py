@@ -1,0 +1,205 @@
+"""Tests a trained run again under another test-time protocol, without training.
+
+  python -m metajax.retest --workdir runs/omniglot_5w5s_anil \
+      --config.eval_max_steps=10 --config.eval_inner_lr=0.1 [--step 4000] [--name lr0.1] \
+      [--split validation]
+
+Reads WORKDIR/config.json and one checkpoint (the best-validated one, else the
+newest; or --step), applies the overrides, which may only be test-time keys
+(TEST_KEYS: how many steps and at what rate a task adapts at test, which and
+how many test episodes, where the data is), scores the test split and writes
+WORKDIR/eval_<name>.json beside the run's own eval.json, which it never
+touches; the checkpoints are only read. <name> defaults to the overrides, e.g.
+eval_eval_inner_lr=0.1,eval_max_steps=10.json. `--split validation` scores
+the validation split instead, so that a test-time protocol can be chosen there
+and not on the test episodes it is then reported on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+
+from metajax import config as config_lib
+from metajax import sharding
+from metajax.checkpoint import Checkpoints, check_resumable
+
+# Keys a re-test may change: they decide only how the final test adapts and
+# which episodes it scores, not what was trained or how checkpoints were ranked.
+TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",
+             "eval_seed", "eval_shots", "imaml_eval_lam", "data_dir", "manual_dir",
+             "num_devices")
+
+
+def config_from_json(saved: dict):
+  """The ConfigDict a run saved as JSON (tuples come back from JSON lists)."""
+  config = config_lib.base_for(saved)
+  for key, value in saved.items():
+    if key not in config:
+      raise config_lib.unknown_key_error(key, config.keys())
+    if isinstance(config[key], tuple) and isinstance(value, list):
+      value = tuple(value)
+    with config.ignore_type():
+      config[key] = value
+  return config_lib.validate(config)
+
+
+def _prepare(config, split: str):
+  """(template, score): the initial state a checkpoint of this config restores
+  into, and score(state) -> the result of that state's parameters on `split`."""
+  if config.task != "sinusoid":
+    from metajax import fewshot
+    from metajax.tasks.episodes import check_episode_shape
+    images = fewshot.load_images(config, split)
+    check_episode_shape(images.shape, ways=config.ways, shots=config.k_shot,
+                        queries=config.eval_query, split=f"{split} split")
+    train_images = (fewshot.load_images(config, "train")
+                    if config.input_norm == "standardize" else None)
+    s = fewshot.setup(config, images.shape[2:], train_images)
+    return s.state, lambda state: dict(fewshot.run_test(config, s, state, images),
+                                       split=split)
+  from metajax.algorithms import Algorithm
+  from metajax.evaluate import evaluate
+  from metajax.step import initial_state, make_outer_optimizer
+  from metajax.tasks.sinusoid import Problem
+  algo, problem = Algorithm.from_config(config), Problem(config)
+  template = initial_state(config, algo, problem, make_outer_optimizer(config),
+                           sharding.make_mesh(config.num_devices))
+  return template, lambda state: dict(
+      evaluate(config, algo, problem, sharding.host_tree(state.adaptation_params())),
+      algorithm=config.algorithm)
+
+
+SPLITS = ("test", "validation")
+
+
+def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") -> dict:
+  """Re-tests the run in `workdir`; returns the result written to eval_<name>.json.
+
+  split="validation" scores the validation split instead (image runs), so a
+  test-time protocol can be chosen there rather than on the test episodes."""
+  from metajax.train import set_override
+  if split not in SPLITS:
+    raise config_lib.ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f"{path} does not exist: --workdir must be a run's "
+                                 "directory (one `python -m metajax.train` wrote)")
+  with open(path) as f:
+    saved = json.load(f)
+  config = config_from_json(saved)
+  changed = {}
+  for item in overrides:
+    key, _, raw = item.partition("=")
+    if key in config and key not in TEST_KEYS:
+      raise config_lib.ConfigError(
+          f"--config.{key} would change what was trained or how its checkpoints were "
+          f"ranked; a re-test may change only {', '.join(TEST_KEYS)}")
+    set_override(config, key, raw)
+    changed[key] = config[key]
+  config_lib.validate(config)
+
+  if split != "test" and config.task == "sinusoid":
+    raise config_lib.ConfigError("sinusoid runs have no validation split: their "
+                                 "tasks are drawn afresh (use a different eval_seed)")
+  template, score = _prepare(config, split)
+  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  try:
+    steps = checkpoints.steps()
+    if not steps:
+      raise config_lib.ConfigError(f"{checkpoints.directory} holds no checkpoint")
+    if step is None:
+      step = checkpoints.best_step()
+      which = "best validation"
+      if step is None:
+        step, which = steps[-1], "newest"
+    elif step not in steps:
+      raise config_lib.ConfigError(f"no checkpoint of meta-step {step} in "
+                                   f"{checkpoints.directory}; there are {steps}")
+    else:
+      which = "chosen"
+    state, meta = checkpoints.restore(step, template)
+  finally:
+    checkpoints.close()
+  # The checkpoint must be of this run's config, bar what may differ between its
+  # checkpoints (run length, logging, ...) and what this re-test changes.
+  may_differ = TEST_KEYS + ("num_steps",)
+  check_resumable(meta["config"], dict(saved, **{k: meta["config"][k] for k in may_differ
+                                                 if k in meta["config"]}),
+                  checkpoints.directory)
+  result = score(state)
+  result.update({
+      "retest_of": os.path.abspath(workdir), "overrides": changed,
+      "checkpoint_step": int(step), "params": which, "iterations": config.num_steps,
+      "seed": config.seed, "backend": jax.default_backend(), "jax_version": jax.__version__,
+  })
+  if name is None:  # from what changes the scores (not where data is or how many devices)
+    name = ",".join(f"{k}={v}" for k, v in sorted(changed.items())
+                    if k not in ("data_dir", "manual_dir", "num_devices")) or "retest"
+    name = name.replace("/", "_").replace(" ", "")
+    if split != "test":
+      name = f"{split},{name}"
+  elif not name or "/" in name:
+    raise config_lib.ConfigError(f"--name {name!r} must be a non-empty file name part (no '/')")
+  result["name"] = name
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
+      json.dump(result, f, indent=1)
+  return result
+
+
+def parse_args(argv):
+  """--workdir DIR [--step N] [--name NAME] [--split test|validation]
+  [--config.KEY=VALUE | --config.KEY VALUE]... -> (workdir, step, name, split, overrides)."""
+  parser = argparse.ArgumentParser(prog="python -m metajax.retest", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="the run's directory")
+  parser.add_argument("--step", type=int, help="this checkpoint, not the best-validated one")
+  parser.add_argument("--name", help="writes eval_NAME.json (default: from the overrides)")
+  parser.add_argument("--split", default="test", choices=SPLITS)
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  while rest:
+    flag = rest.pop(0)
+    key, eq, value = flag.partition("=")
+    if not key.startswith("--config.") or (not eq and not rest):
+      parser.error(f"unexpected {flag!r}: overrides are --config.KEY=VALUE")
+    overrides.append(f"{key[len('--config.'):]}={value if eq else rest.pop(0)}")
+  return args.workdir, args.step, args.name, args.split, overrides
+
+
+def summary(result) -> str:
+  steps = result["steps"]
+  if result.get("metric") == "accuracy":
+    scores = [f"{s}: {100 * a:.2f} ± {100 * c:.2f}%"
+              for s, a, c in zip(steps, result["accuracy"], result["ci95"])]
+  else:
+    scores = [f"K={k} " + ", ".join(f"{s}: {m:.3f} ± {c:.3f}" if m is not None
+                                    else f"{s}: diverged"
+                                    for s, m, c in zip(steps, r["mse"], r["ci95"]))
+              for k, r in result["by_k_shot"].items()]
+  return (f"{result['algorithm']}, checkpoint of meta-step {result['checkpoint_step']} "
+          f"({result['params']}), {result['num_tasks']} {result.get('split', 'test')} tasks; "
+          f"{result['metric']} after 0..{steps[-1]} steps:\n  " + "\n  ".join(scores))
+
+
+def main(argv=None):
+  from metajax.train import _user_errors
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    workdir, step, name, split, overrides = parse_args(argv)
+    result = retest(workdir, overrides, step=step, name=name, split=split)
+  except _user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(summary(result))
+  print(f"written to {os.path.join(os.path.abspath(workdir), 'eval_' + result['name'] + '.json')}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

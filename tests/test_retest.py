@@ -1,0 +1,98 @@
+"""Re-testing a trained run under another test protocol (metajax.retest)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from metajax import config as config_lib
+from metajax.retest import main, retest
+from metajax.train import train_and_evaluate
+from test_episodes import synthetic_data, tiny_fewshot  # noqa: F401 (fixture)
+from test_train import tiny
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_retest_of_an_image_run(tmp_path, synthetic_data, capsys):
+  workdir = str(tmp_path / "run")
+  # Validation at 20 and 40 picks the checkpoint the test used.
+  trained = train_and_evaluate(tiny_fewshot(num_steps=40, eval_every=20, log_every=20,
+                                            eval_max_steps=2),
+                               workdir, progress=False)
+  before = open(os.path.join(workdir, "eval.json")).read()
+
+  # Same protocol: the restored best checkpoint scores what the run's own test did.
+  same = retest(workdir)
+  assert same["checkpoint_step"] == trained["best_step"]
+  assert same["params"] == "best validation" and same["name"] == "retest"
+  np.testing.assert_allclose(same["accuracy"], trained["accuracy"], rtol=1e-6)
+
+  # More test steps: the first three are the same episodes and steps as before.
+  more = retest(workdir, ["eval_max_steps=4"])
+  assert more["steps"] == [0, 1, 2, 3, 4] and more["overrides"] == {"eval_max_steps": 4}
+  np.testing.assert_allclose(more["accuracy"][:3], trained["accuracy"], rtol=1e-6)
+  assert _read(os.path.join(workdir, "eval_eval_max_steps=4.json"))["accuracy"] == \
+      more["accuracy"]
+
+  # Another rate changes the adapted scores, not the unadapted one.
+  slow = retest(workdir, ["eval_inner_lr=0.01"], name="slow")
+  assert slow["inner_lr"] == 0.01 and slow["accuracy"][0] == pytest.approx(
+      trained["accuracy"][0], rel=1e-6)
+  assert slow["accuracy"][1:] != trained["accuracy"][1:]
+  assert os.path.isfile(os.path.join(workdir, "eval_slow.json"))
+
+  # A chosen checkpoint.
+  first = retest(workdir, step=20, name="at20")
+  assert first["checkpoint_step"] == 20 and first["params"] == "chosen"
+
+  # The run's own outputs are untouched.
+  assert open(os.path.join(workdir, "eval.json")).read() == before
+
+  # Bad input names what is wrong and what would be accepted.
+  with pytest.raises(config_lib.ConfigError, match="inner_lr.*may change only eval_max_steps"):
+    retest(workdir, ["inner_lr=0.1"])
+  with pytest.raises(config_lib.ConfigError, match=r"no checkpoint of meta-step 7 .*\[20, 40\]"):
+    retest(workdir, step=7)
+  with pytest.raises(config_lib.ConfigError, match="no_such_key"):
+    retest(workdir, ["no_such_key=1"])
+  assert main(["--workdir", str(tmp_path / "nothing")]) == 2
+  assert "config.json does not exist" in capsys.readouterr().err
+  assert main(["--workdir", workdir, "--config.eval_max_steps=3", "--name", "cli"]) == 0
+  out = capsys.readouterr().out
+  assert "checkpoint of meta-step" in out and "eval_cli.json" in out
+
+
+def test_retest_of_a_sinusoid_run(tmp_path):
+  workdir = str(tmp_path)
+  trained = train_and_evaluate(tiny(num_steps=100), workdir, progress=False)
+  more = retest(workdir, ["eval_max_steps=4"])
+  assert more["params"] == "newest" and more["checkpoint_step"] == 100
+  for k, r in trained["by_k_shot"].items():
+    np.testing.assert_allclose(more["by_k_shot"][k]["mse"][:3], r["mse"], rtol=1e-6)
+    assert len(more["by_k_shot"][k]["mse"]) == 5
+
+
+def test_retest_on_the_validation_split(tmp_path, synthetic_data):
+  workdir = str(tmp_path)
+  train_and_evaluate(tiny_fewshot(num_steps=20, eval_every=20, log_every=20, val_tasks=20,
+                                  eval_max_steps=2), workdir, progress=False)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  val = retest(workdir, ["eval_tasks=20"], split="validation")
+  assert val["split"] == "validation" and val["name"] == "validation,eval_tasks=20"
+  # The validation during training scored the same 20 episodes after the same
+  # eval_max_steps = 2 steps (its own pass, which skips the earlier steps' queries).
+  assert val["accuracy"][-1] == pytest.approx(rows[-1]["val_accuracy"], rel=1e-6)
+  with pytest.raises(config_lib.ConfigError, match="split must be one of"):
+    retest(workdir, split="train")
+  # 15 classes in the validation split: a 20-way re-test cannot be drawn from it,
+  # and ways is not a test-time key anyway.
+  with pytest.raises(config_lib.ConfigError, match="ways"):
+    retest(workdir, ["ways=20"], split="validation")
+  from metajax.tasks.episodes import EpisodeError
+  with pytest.raises(EpisodeError, match="25 query images per class need 26 .* validation split has 20"):
+    retest(workdir, ["eval_query=25"], split="validation")
