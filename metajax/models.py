@@ -101,7 +101,10 @@ def _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO):
 
 
 def _hybrid_fwd(x, kernel):
-  return _xla_conv(x, kernel), (x, kernel)
+  # The custom function, not _xla_conv: second-order MAML differentiates this
+  # rule again, and XLA's own derivative of _xla_conv would bring back its slow
+  # CPU kernel-gradient convolution (5.4 s against 3.9 s per Omniglot meta-step).
+  return _hybrid_conv(x, kernel), (x, kernel)
 
 
 def _hybrid_bwd(res, g_NxHxWxO):
