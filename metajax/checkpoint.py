@@ -104,7 +104,9 @@ def _not_the_missing_metrics_warning(record) -> bool:
 class Checkpoints:
   """The checkpoints of one run: `save`, `restore_latest`, `best_step`, `restore`."""
 
-  def __init__(self, directory: str, *, keep: int = 3):
+  def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
+    """read_only: never writes, deletes or tidies anything in `directory` (e.g.
+    re-testing a run whose training may still be saving there)."""
     self.directory = os.path.abspath(directory)
     absl_log = logging.getLogger("absl")
     if _not_the_missing_metrics_warning not in absl_log.filters:
@@ -118,8 +120,8 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=False,
             # best_fn makes orbax store each save's metrics (the policy ranks them).
-            best_fn=lambda m: m["score"], best_mode="max",
-            cleanup_tmp_directories=True, create=True))
+            best_fn=lambda m: m["score"], best_mode="max", read_only=read_only,
+            cleanup_tmp_directories=not read_only, create=not read_only))
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

@@ -106,8 +106,21 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
   if split != "test" and config.task == "sinusoid":
     raise config_lib.ConfigError("sinusoid runs have no validation split: their "
                                  "tasks are drawn afresh (use a different eval_seed)")
+  if name is None:  # from what changes the scores (not where data is or how many devices)
+    name = ",".join(f"{k}={v}" for k, v in sorted(changed.items())
+                    if k not in ("data_dir", "manual_dir", "num_devices")) or "retest"
+    name = name.replace("/", "_").replace(" ", "")
+    if split != "test":
+      name = f"{split},{name}"
+  elif not name or "/" in name:
+    raise config_lib.ConfigError(f"--name {name!r} must be a non-empty file name part (no '/')")
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise config_lib.ConfigError(f"{os.path.abspath(directory)} does not exist: the run "
+                                 "saved no checkpoint")
   template, score = _prepare(config, split)
-  checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+  # Read-only: training may still be saving into this directory.
+  checkpoints = Checkpoints(directory, read_only=True)
   try:
     steps = checkpoints.steps()
     if not steps:
@@ -137,14 +150,6 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
       "checkpoint_step": int(step), "params": which, "iterations": config.num_steps,
       "seed": config.seed, "backend": jax.default_backend(), "jax_version": jax.__version__,
   })
-  if name is None:  # from what changes the scores (not where data is or how many devices)
-    name = ",".join(f"{k}={v}" for k, v in sorted(changed.items())
-                    if k not in ("data_dir", "manual_dir", "num_devices")) or "retest"
-    name = name.replace("/", "_").replace(" ", "")
-    if split != "test":
-      name = f"{split},{name}"
-  elif not name or "/" in name:
-    raise config_lib.ConfigError(f"--name {name!r} must be a non-empty file name part (no '/')")
   result["name"] = name
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:

@@ -25,6 +25,10 @@ def test_retest_of_an_image_run(tmp_path, synthetic_data, capsys):
                                             eval_max_steps=2),
                                workdir, progress=False)
   before = open(os.path.join(workdir, "eval.json")).read()
+  # As if training were still saving here: a re-test must not tidy its
+  # half-written checkpoint away (orbax removes such directories on opening).
+  saving = os.path.join(workdir, "checkpoints", "60.orbax-checkpoint-tmp-1764600000000000")
+  os.makedirs(saving)
 
   # Same protocol: the restored best checkpoint scores what the run's own test did.
   same = retest(workdir)
@@ -52,6 +56,7 @@ def test_retest_of_an_image_run(tmp_path, synthetic_data, capsys):
 
   # The run's own outputs are untouched.
   assert open(os.path.join(workdir, "eval.json")).read() == before
+  assert os.path.isdir(saving)
 
   # Bad input names what is wrong and what would be accepted.
   with pytest.raises(config_lib.ConfigError, match="inner_lr.*may change only eval_max_steps"):
