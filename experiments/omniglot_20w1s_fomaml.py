@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w1s_fomaml.py --workdir runs/omniglot_20w1s_fomaml
 
 Paper: 89.4 ± 0.5 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 82.81 ± 0.35 % after 3,000 meta-steps (best validation at 3,000), 31 min on one CPU
+      core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
