@@ -141,10 +141,10 @@ def test_inner_batch_is_only_for_reptile():
 
 
 def test_inner_batch_larger_than_support_is_an_error():
-  task = random_task(jax.random.PRNGKey(0), n_support=4)
+  task = random_task(jax.random.PRNGKey(0), n_support=4, dtype=jnp.float32)
   with pytest.raises(ValueError, match="inner_batch=5 exceeds the 4 support rows"):
-    metajax.adapt(tanh_mlp_loss, tanh_mlp_params(jax.random.PRNGKey(1)), task["support"],
-                  steps=2, lr=0.1, inner_batch=5)
+    metajax.adapt(tanh_mlp_loss, tanh_mlp_params(jax.random.PRNGKey(1), dtype=jnp.float32),
+                  task["support"], steps=2, lr=0.1, inner_batch=5)
 
 
 def test_metasgd_lr_gradient_matches_finite_differences():
