@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w1s_anil.py --workdir runs/omniglot_20w1s_anil
 
 Paper: 96.2 ± 0.5 % (Raghu et al. 2020, Table 2).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 90.42 ± 0.32 % after 5,000 meta-steps (5 test steps, best validation at 5,000), 29 min
+      on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config

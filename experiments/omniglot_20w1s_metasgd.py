@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w1s_metasgd.py --workdir runs/omniglot_20w1s_metasgd
 
 Paper: 95.93 ± 0.38 % (Li et al. 2017, Tables 2-3).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 90.35 ± 0.27 % after 4,000 meta-steps (1 test step, best validation at 4,000), 23 min
+      on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
