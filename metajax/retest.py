@@ -118,10 +118,9 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
   if not os.path.isdir(directory):
     raise config_lib.ConfigError(f"{os.path.abspath(directory)} does not exist: the run "
                                  "saved no checkpoint")
-  template, score = _prepare(config, split)
   # Read-only: training may still be saving into this directory.
   checkpoints = Checkpoints(directory, read_only=True)
-  try:
+  try:  # the step first: a bad --step is refused before any data is loaded
     steps = checkpoints.steps()
     if not steps:
       raise config_lib.ConfigError(f"{checkpoints.directory} holds no checkpoint")
@@ -135,6 +134,7 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
                                    f"{checkpoints.directory}; there are {steps}")
     else:
       which = "chosen"
+    template, score = _prepare(config, split)
     state, meta = checkpoints.restore(step, template)
   finally:
     checkpoints.close()
