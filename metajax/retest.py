@@ -62,13 +62,9 @@ def _prepare(config, split: str):
     s = fewshot.setup(config, images.shape[2:], train_images)
     return s.state, lambda state: dict(fewshot.run_test(config, s, state, images),
                                        split=split)
-  from metajax.algorithms import Algorithm
   from metajax.evaluate import evaluate
-  from metajax.step import initial_state, make_outer_optimizer
-  from metajax.tasks.sinusoid import Problem
-  algo, problem = Algorithm.from_config(config), Problem(config)
-  template = initial_state(config, algo, problem, make_outer_optimizer(config),
-                           sharding.make_mesh(config.num_devices))
+  from metajax.train import sinusoid_setup
+  algo, problem, _, _, template = sinusoid_setup(config)
   return template, lambda state: dict(
       evaluate(config, algo, problem, sharding.host_tree(state.adaptation_params())),
       algorithm=config.algorithm)

@@ -139,6 +139,17 @@ def initialize_distributed(launch: dict) -> None:
 
 
 # ----------------------------------------------------------------- training
+def sinusoid_setup(config):
+  """(algo, problem, optimizer, mesh, state) of a sinusoid config; `state` is
+  the placed initial TrainState, also the template checkpoints restore into."""
+  algo = Algorithm.from_config(config)
+  problem = Problem(config)
+  optimizer = make_outer_optimizer(config)
+  mesh = sharding.make_mesh(config.num_devices)
+  sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
+  return algo, problem, optimizer, mesh, initial_state(config, algo, problem, optimizer, mesh)
+
+
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   """Meta-trains per `config`, evaluates, writes outputs to `workdir`."""
   config_lib.validate(config)
@@ -147,12 +158,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     from metajax import fewshot  # loads image data; not needed for the sinusoid
     return fewshot.train_and_evaluate(config, workdir, progress=progress)
 
-  algo = Algorithm.from_config(config)
-  problem = Problem(config)
-  optimizer = make_outer_optimizer(config)
-  mesh = sharding.make_mesh(config.num_devices)
-  sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
-  state = initial_state(config, algo, problem, optimizer, mesh)
+  algo, problem, optimizer, mesh, state = sinusoid_setup(config)
   meta_step = make_meta_step(algo, problem.loss_fn, problem.sample_tasks, optimizer,
                              mesh=mesh, param_sharding=config.param_sharding,
                              skip_nonfinite=config.on_nan == "skip")
