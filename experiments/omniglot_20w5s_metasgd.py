@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w5s_metasgd.py --workdir runs/omniglot_20w5s_metasgd
 
 Paper: 98.97 ± 0.19 % (Li et al. 2017, Tables 2-3).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 97.13 ± 0.12 % after the first 3,500 of the 60,000 meta-steps (1 test step, best
+      validation at 3,500), 124 min on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
