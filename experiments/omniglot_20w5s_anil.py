@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w5s_anil.py --workdir runs/omniglot_20w5s_anil
 
 Paper: 98.0 ± 0.3 % (Raghu et al. 2020, Table 2).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 79.58 ± 0.34 % after the first 1,000 of the 60,000 meta-steps (5 test steps, still
+      rising fast), 33 min on one CPU core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
