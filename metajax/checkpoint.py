@@ -41,7 +41,7 @@ from metajax.sharding import to_host
 RESUMABLE_KEYS = frozenset({
     "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
     "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "eval_shots",
-    "on_nan", "param_sharding",
+    "on_nan", "param_sharding", "test_every_step",
 })
 # Not resumable although they only evaluate: val_tasks, eval_batch (which
 # episodes), eval_max_steps, eval_inner_lr, eval_query set the validation score

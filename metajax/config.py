@@ -182,6 +182,9 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   c.eval_tasks = 600            # test episodes (fixed by eval_seed)
   c.eval_query = 15             # query images per class at validation/test
   c.eval_max_steps = 10         # test-time inner steps (MAML used 10)
+  # Test: score the query set after each of 0..eval_max_steps (True) or only
+  # after the last (False; several times cheaper, as validation always is).
+  c.test_every_step = True
   c.eval_batch = 25             # episodes per jitted evaluation call
   c.eval_seed = 20170309
   c.eval_inner_lr = -1.0

@@ -141,13 +141,17 @@ def run_test(config, s: Setup, state, test_images) -> dict:
   """Scores `state`'s parameters on the config's fixed test episodes; returns
   what eval.json records about the test (protocol, model, accuracy per step)."""
   chosen = sharding.host_tree(state.adaptation_params())
-  evaluate = make_evaluator(config, s.algo, s.problem, s.mean, s.std)
+  algo = s.algo
+  test_steps = 0 if algo.name == "protonet" else config.eval_max_steps
+  # Columns of the accuracy: every step 0..test_steps, or (test_every_step=False)
+  # only the last, which skips the query passes after the other steps.
+  steps = list(range(test_steps + 1)) if config.test_every_step else [test_steps]
+  evaluate = make_evaluator(config, algo, s.problem, s.mean, s.std,
+                            last_only=not config.test_every_step)
   t0 = time.perf_counter()
   acc = summarize(evaluate(chosen, sharding.place_state(test_images, s.mesh),
                            config.eval_tasks))
   test_s = time.perf_counter() - t0
-  algo = s.algo
-  test_steps = 0 if algo.name == "protonet" else config.eval_max_steps
   result = {
       "metric": "accuracy", "split": "test", "dataset": config.task,
       "dataset_config": config.dataset_config, "algorithm": config.algorithm,
@@ -155,7 +159,7 @@ def run_test(config, s: Setup, state, test_images) -> dict:
       "k_shot_train": config.k_shot_train or config.k_shot, "k_query_train": config.k_query,
       "ways_train": config.ways_train or config.ways, "eval_query": config.eval_query,
       "inner_steps_train": config.inner_steps,
-      "inner_steps_test": test_steps, "steps": list(range(test_steps + 1)),
+      "inner_steps_test": test_steps, "steps": steps,
       "inner_lr": "learned" if learns_inner_lr(algo) else (
           algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
       "lslr": algo.lslr, "msl_steps": algo.msl_steps,

@@ -31,8 +31,8 @@ from metajax.checkpoint import Checkpoints, check_resumable
 # Keys a re-test may change: they decide only how the final test adapts and
 # which episodes it scores, not what was trained or how checkpoints were ranked.
 TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",
-             "eval_seed", "eval_shots", "imaml_eval_lam", "data_dir", "manual_dir",
-             "num_devices")
+             "eval_seed", "eval_shots", "imaml_eval_lam", "test_every_step", "data_dir",
+             "manual_dir", "num_devices")
 
 
 def config_from_json(saved: dict):

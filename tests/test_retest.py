@@ -43,6 +43,14 @@ def test_retest_of_an_image_run(tmp_path, synthetic_data, capsys):
   assert _read(os.path.join(workdir, "eval_eval_max_steps=4.json"))["accuracy"] == \
       more["accuracy"]
 
+  # Scoring only the last step: one column, the every-step test's last (its own
+  # pass, which skips the query after steps 0..3).
+  last = retest(workdir, ["eval_max_steps=4", "test_every_step=False"])
+  assert last["steps"] == [4] and len(last["accuracy"]) == 1
+  assert last["name"] == "eval_max_steps=4,test_every_step=False"
+  assert last["accuracy"][0] == pytest.approx(more["accuracy"][-1], rel=1e-6)
+  assert last["final_ci95"] == pytest.approx(more["final_ci95"], rel=1e-6)
+
   # Another rate changes the adapted scores, not the unadapted one.
   slow = retest(workdir, ["eval_inner_lr=0.01"], name="slow")
   assert slow["inner_lr"] == 0.01 and slow["accuracy"][0] == pytest.approx(
