@@ -22,6 +22,7 @@ from typing import Any, Optional
 import jax
 
 from metajax import mamlpp
+from metajax.anil import HeadSplit, head_of, on_features
 from metajax.batching import task_mean
 from metajax.inner import LossFn, PyTree
 from metajax.maml import maml_loss
@@ -136,8 +137,16 @@ def inner_lr(algo: Algorithm, meta_params: dict) -> Any:
   return meta_params["inner_lr"] if learns_inner_lr(algo) else algo.inner_lr
 
 
+def uses_head_split(algo: Algorithm, head_split: Optional[HeadSplit]) -> bool:
+  """Whether ANIL's inner loop runs on features computed once (metajax.anil):
+  a split is given and only the head adapts, at one rate for every step."""
+  return (head_split is not None and algo.head_only and not learns_inner_lr(algo)
+          and not algo.per_step_bn)
+
+
 def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
-                  tasks: dict, step=None, adam_carry=None):
+                  tasks: dict, step=None, adam_carry=None, *,
+                  head_split: Optional[HeadSplit] = None):
   """Mean query loss over the meta-batch and its meta-gradient.
 
   Args:
@@ -147,6 +156,9 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
       schedules (msl_steps, first_order_steps).
     adam_carry: Reptile with a carried inner Adam only (`metajax.reptile`):
       its state; the next one is then returned as a third output.
+    head_split: ANIL only: the model's body/head split (`metajax.anil`); the
+      body's features are then computed once per task instead of at every
+      inner step (the same meta-gradient, several times cheaper).
 
   Returns:
     (loss, grads) with grads shaped like `meta_params`. For MAML-family
@@ -180,7 +192,8 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
     return loss, {"params": grads, "inner_lr": None}
 
   if not (algo.msl_steps or algo.first_order_steps):
-    return _maml_family(algo, loss_fn, meta_params, tasks, first_order=algo.first_order)
+    return _maml_family(algo, loss_fn, meta_params, tasks, first_order=algo.first_order,
+                        head_split=head_split if uses_head_split(algo, head_split) else None)
   if step is None:
     raise ValueError("msl_steps / first_order_steps schedule by meta-step: pass step=")
   # MAML++: one program per training phase, the current one picked at run time.
@@ -195,13 +208,20 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
 
 
 def _maml_family(algo: Algorithm, loss_fn: LossFn, meta_params: dict, tasks: dict, *,
-                 first_order: bool, step_weights=None) -> tuple[jax.Array, dict]:
+                 first_order: bool, step_weights=None,
+                 head_split: Optional[HeadSplit] = None) -> tuple[jax.Array, dict]:
   """MAML, first-order MAML, Meta-SGD, ANIL, MAML++: grad of the mean maml_loss."""
   mask = inner_mask(algo, meta_params["params"])
 
   def task_loss(meta_params, task):
+    params = meta_params["params"]
+    if head_split is not None:  # ANIL: adapt the head on the body's features
+      return maml_loss(
+          head_split.loss, head_of(params), on_features(head_split, params, task),
+          steps=algo.steps, lr=algo.inner_lr, first_order=first_order,
+          unroll=algo.unroll, remat=algo.remat, step_weights=step_weights)
     return maml_loss(
-        loss_fn, meta_params["params"], task, steps=algo.steps,
+        loss_fn, params, task, steps=algo.steps,
         lr=inner_lr(algo, meta_params), first_order=first_order,
         mask=mask, unroll=algo.unroll, remat=algo.remat, lr_per_step=algo.lslr,
         step_arg=algo.per_step_bn, step_weights=step_weights)

@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.algorithms import Algorithm, inner_lr, inner_mask, learns_inner_lr
+from metajax.algorithms import (Algorithm, inner_lr, inner_mask, learns_inner_lr,
+                                 uses_head_split)
+from metajax.anil import head_of, on_features
 from metajax.imaml import proximal_loss
 from metajax.inner import inner_loop
 from metajax.sharding import to_host
@@ -32,7 +34,8 @@ def test_time_objective(algo: Algorithm, loss_fn, params):
 
 
 def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
-                      *, steps: int, lr=None, metric=None, last_only: bool = False):
+                      *, steps: int, lr=None, metric=None, last_only: bool = False,
+                      head_split=None):
   """Query loss (or `metric(params, query)`) of each task before and after each
   of `steps` inner steps. `meta_params`: a TrainState's `adaptation_params()`
   (or just {"params", "inner_lr"}).
@@ -44,8 +47,14 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   makes it several times cheaper. `lr` overrides the inner rate (default: the
   trained one; learned for Meta-SGD). Tasks run with `jax.vmap` when
   algo.batching is "vmap", else one at a time (`lax.map`): a vmapped per-task
-  convolution is slow on CPU (metajax.batching).
+  convolution is slow on CPU (metajax.batching). `head_split` (ANIL,
+  `metajax.anil`): adapt the head on the body's features, computed once per
+  task; its `metric` (or `loss`) then replaces `metric`.
   """
+  if uses_head_split(algo, head_split):
+    return _head_adaptation_losses(algo, meta_params, tasks, head_split, steps=steps,
+                                   lr=algo.inner_lr if lr is None else lr,
+                                   last_only=last_only)
   params = meta_params["params"]
   lr_per_step = algo.lslr and lr is None  # LSLR: the learned rate of each step
   lr = inner_lr(algo, meta_params) if lr is None else lr
@@ -69,6 +78,28 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
       last = {"step": steps - 1} if algo.per_step_bn and steps else {}
       return query_metric(adapted, **last)[None]
     before = query_metric(params)[None]
+    return before if after_T is None else jnp.concatenate([before, after_T])
+
+  if algo.batching == "vmap":
+    return jax.vmap(one_task)(tasks)
+  return jax.lax.map(one_task, tasks)
+
+
+def _head_adaptation_losses(algo, meta_params, tasks, split, *, steps, lr, last_only):
+  """adaptation_losses for ANIL on features computed once per task."""
+  params = meta_params["params"]
+  metric = split.loss if split.metric is None else split.metric
+
+  def one_task(task):
+    task = on_features(split, params, task)
+    query_metric = lambda head: metric(head, task["query"])
+    head = head_of(params)
+    adapted, after_T = inner_loop(
+        split.loss, head, task["support"], steps=steps, lr=lr,
+        optimizer=algo.inner_optimizer, observe=None if last_only else query_metric)
+    if last_only:
+      return query_metric(adapted)[None]
+    before = query_metric(head)[None]
     return before if after_T is None else jnp.concatenate([before, after_T])
 
   if algo.batching == "vmap":

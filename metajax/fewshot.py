@@ -90,7 +90,9 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
       return per_task(tasks)[:, None]
     return adaptation_losses(algo, problem.loss_fn, meta_params, tasks,
                              steps=config.eval_max_steps, lr=lr, metric=problem.accuracy,
-                             last_only=last_only)
+                             last_only=last_only,
+                             head_split=problem.head_split("accuracy") if algo.head_only
+                             else None)
 
   def evaluate(meta_params, images, num_tasks: int) -> np.ndarray:
     base = jax.random.PRNGKey(config.eval_seed)
@@ -205,7 +207,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
     loss_fn = lambda params, task: episode_loss(problem.embed, params, task, train_ways)
   meta_step = make_meta_step(algo, loss_fn, sample, s.optimizer, mesh=mesh,
                              param_sharding=config.param_sharding,
-                             skip_nonfinite=config.on_nan == "skip")
+                             skip_nonfinite=config.on_nan == "skip",
+                             head_split=problem.head_split() if algo.head_only else None)
   evaluate_last = make_evaluator(config, algo, problem, mean, std, last_only=True)
 
   # Each split goes to the devices once, not at every validation.

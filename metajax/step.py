@@ -89,7 +89,7 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
                    sample_tasks: Callable[..., dict],
                    optimizer: optax.GradientTransformation, *,
                    mesh: Optional[Mesh] = None, param_sharding: str = "replicated",
-                   skip_nonfinite: bool = False):
+                   skip_nonfinite: bool = False, head_split=None):
   """Returns the pure `meta_step(state, key, data=None) -> (state, {"loss": scalar})`.
 
   `sample_tasks(key)` draws the meta-batch, or `sample_tasks(key, data)` when
@@ -101,10 +101,12 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
   `skip_nonfinite`: a step whose loss or meta-gradient is not finite leaves
   params and optimizer state unchanged (the step counter still advances, so
   the next step draws new tasks); its metrics say `skipped`.
+  `head_split`: ANIL's body/head split (`metajax.anil`), computing the body's
+  features once per task.
   """
   gradient = shard_tasks(
       lambda meta_params, tasks, step, *carry: meta_gradient(
-          algo, loss_fn, meta_params, tasks, step, *carry), mesh)
+          algo, loss_fn, meta_params, tasks, step, *carry, head_split=head_split), mesh)
 
   def meta_step(state: TrainState, key, data=None) -> tuple[TrainState, dict]:
     tasks = sample_tasks(key) if data is None else sample_tasks(key, data)

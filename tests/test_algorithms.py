@@ -199,6 +199,37 @@ class AnilTest(chex.TestCase):
           tanh_mlp_loss, p, task, steps=2, lr=0.3))(params))[0]
       assert np.max(np.abs(full - grad)) > 1e-4  # differs from adapting everything
 
+  def test_features_once_equal_the_masked_loop_on_conv4(self):
+    # metajax.anil: the body's features computed once per task must give the
+    # masked inner loop's loss, meta-gradient (body and head) and test scores.
+    from metajax.algorithms import uses_head_split
+    from metajax.evaluate import adaptation_losses
+    from metajax.tasks.fewshot import Problem, synthetic_tasks
+    with jax.enable_x64(True):
+      problem = Problem(ways=3, filters=4, image_shape=(16, 16, 1), conv_impl="im2col")
+      params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                            problem.init_params(jax.random.PRNGKey(30)))
+      tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype.kind == "f" else a,
+                           synthetic_tasks(jax.random.PRNGKey(31), meta_batch=3, ways=3,
+                                           shots=2, queries=3, image_shape=(16, 16, 1)))
+      mp = {"params": params, "inner_lr": None}
+      # scan batching, as the image configs run (the split is per task either way).
+      algo = Algorithm.named("anil", steps=2, inner_lr=0.5, batching="scan")
+      assert uses_head_split(algo, problem.head_split())
+      grad = jax.jit(lambda m, t, split: meta_gradient(
+          algo, problem.loss_fn, m, t, head_split=split), static_argnums=2)
+      masked, once = grad(mp, tasks, None), grad(mp, tasks, problem.head_split())
+      chex.assert_trees_all_close(once, masked, rtol=1e-9, atol=1e-12)
+      assert np.abs(ravel_pytree(masked[1]["params"]["block_0"])[0]).max() > 1e-4
+      # Scores after every step (accuracy), and the last one only (loss).
+      for metric, split, last_only in ((problem.accuracy, problem.head_split("accuracy"), False),
+                                       (None, problem.head_split(), True)):
+        scores = jax.jit(lambda m, t, s: adaptation_losses(
+            algo, problem.loss_fn, m, t, steps=3, metric=metric, last_only=last_only,
+            head_split=s), static_argnums=2)
+        np.testing.assert_allclose(scores(mp, tasks, split), scores(mp, tasks, None),
+                                   rtol=1e-9, atol=1e-12)
+
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml"])
 def test_vmapped_meta_batch_equals_python_loop(name):

@@ -14,6 +14,9 @@ Suites:
               MAML++ (second order with LSLR, per-step BN and the multi-step
               loss: its costliest phase) (Omniglot 5w1s, meta-batch 4);
               writes steps.png
+  anil        ANIL on the three image configs, the head adapted on features
+              computed once per task (metajax.anil) beside the masked inner
+              loop over the whole model (features_once=False)
   strategies  the task-batching strategies and conv forms on Omniglot 5w1s
               (benchmark episodes, 15 query images per class) and on MAML's
               Omniglot training episodes (1 query image per class)
@@ -56,6 +59,11 @@ def suite_cells(suite: str, peers: bool):
         for remat in ((False, True) if algo in ("maml", "fomaml") else (False,)):
           cells.append({"impl": "metajax", "preset": "omni_5w1s_mb4", "algo": algo,
                         "steps": steps, "remat": remat})
+  elif suite == "anil":
+    for preset in IMAGE_PRESETS:
+      for once in (True, False):
+        cells.append({"impl": "metajax", "preset": preset, "algo": "anil",
+                      "features_once": once})
   elif suite == "strategies":
     # The literal vmap over tasks (grouped convolutions on CPU) took 121 s per
     # step in the peer baselines; it is in the suite only off-CPU.
@@ -72,7 +80,8 @@ def suite_cells(suite: str, peers: bool):
       cells.append({"impl": "metajax", "preset": "omni_5w1s_train", "algo": "maml",
                     "batching": batching, "chunk": chunk, "conv": "im2col"})
   else:
-    raise SystemExit(f"unknown suite {suite!r}; choose paper, peers, steps or strategies")
+    raise SystemExit(f"unknown suite {suite!r}; choose paper, peers, steps, anil or "
+                     "strategies")
   if peers:
     for cell in [c for c in cells if c["preset"] in IMAGE_PRESETS]:
       for impl in ("torch-loop", "torch-func"):
@@ -115,10 +124,11 @@ def table(rows) -> str:
       other = peer.get((key(r), impl))
       ratios.append(f"{r['median_s'] / other['median_s']:.2f}"
                     if other and r["impl"] == "metajax" else "–")
+    algo = r["algo"] + (" (masked loop)" if r.get("features_once") is False else "")
     batching = "–" if r["impl"] != "metajax" else (
         f"{r.get('batching')}/{r.get('chunk') or '-'}/{r.get('conv') or '-'}")
     out.append(
-        f"| {r['preset']} | {r['algo']} | {r['impl']} | {r.get('steps')} | "
+        f"| {r['preset']} | {algo} | {r['impl']} | {r.get('steps')} | "
         f"{'yes' if r.get('remat') else 'no'} | {batching} | {r['median_s']:.4f} | "
         f"{r['min_s']:.4f}–{r['max_s']:.4f} | {_fmt(r.get('compile_s'), 1, 1)} | "
         f"{_fmt(r.get('peak_rss_mb'), 1, 0)} | {_fmt(r.get('run_rss_mb'), 1, 0)} | "

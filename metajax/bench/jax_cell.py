@@ -51,7 +51,7 @@ def _sine_setup(cell):
 
 def run_cell(cell: dict) -> dict:
   """cell: {"preset", "algo", optional "steps", "remat", "batching", "chunk",
-  "conv", "iters", "steps_per_call"}. Returns timings (s) and memory (MiB)."""
+  "conv", "iters", "steps_per_call", "features_once" (ANIL)}. Returns timings (s) and memory (MiB)."""
   import optax
 
   if cell["preset"] == "sine":
@@ -67,7 +67,11 @@ def run_cell(cell: dict) -> dict:
   optimizer = optax.adam(1e-3)
   state = init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
                      optimizer, jax.random.PRNGKey(1))
-  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer)
+  # ANIL on images: the body's features once per task (metajax.anil), unless
+  # the cell asks for the masked inner loop over the whole model.
+  head_split = (problem.head_split() if algo.head_only and cell["preset"] != "sine"
+                and cell.get("features_once", True) else None)
+  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer, head_split=head_split)
   per_call = int(cell.get("steps_per_call", 1))
 
   t0 = time.perf_counter()

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax.anil import HeadSplit
 from metajax.models import Conv4
 
 
@@ -58,3 +59,28 @@ class Problem:
   def accuracy(self, params, batch, step=0):
     x, labels = batch
     return jnp.mean(jnp.argmax(self.logits(params, x, step), -1) == labels)
+
+  # ANIL's split (metajax.anil): the body's features once, the head on them.
+  def features(self, params, x_NxHxWxC):
+    """Features_NxD of the body: every module but "head" of a head=True model."""
+    body = {k: v for k, v in params.items() if k != "head"}
+    return self.model.clone(head=False).apply({"params": body}, x_NxHxWxC)
+
+  @staticmethod
+  def head_logits(head, features_NxD):
+    """The linear head ({"head": {"kernel", "bias"}}) applied to features."""
+    return features_NxD @ head["head"]["kernel"] + head["head"]["bias"]
+
+  def head_loss(self, head, batch):
+    features_NxD, labels = batch
+    return optax.softmax_cross_entropy_with_integer_labels(
+        self.head_logits(head, features_NxD), labels).mean()
+
+  def head_accuracy(self, head, batch):
+    features_NxD, labels = batch
+    return jnp.mean(jnp.argmax(self.head_logits(head, features_NxD), -1) == labels)
+
+  def head_split(self, metric: str = "loss") -> HeadSplit:
+    """HeadSplit whose `metric` is the loss or ("accuracy") the accuracy."""
+    return HeadSplit(self.features, self.head_loss,
+                     self.head_accuracy if metric == "accuracy" else None)
