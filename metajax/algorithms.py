@@ -3,7 +3,8 @@
   maml     exact second-order MAML          grad of mean_i maml_loss
   fomaml   first-order MAML                 same, first_order=True
   metasgd  Meta-SGD: learned per-parameter inner rates, differentiated jointly
-  anil     ANIL: only the "head" adapts in the inner loop
+  anil     ANIL: only the "head" adapts in the inner loop (with a head_split,
+           on the body's features computed once per task: metajax.anil)
   mamlpp   MAML++: MAML whose switches (lslr, msl_steps, first_order_steps,
            per-step BN) are on in its experiment files (metajax.mamlpp)
   reptile  pseudo-gradient theta - mean_i phi_i
