@@ -159,7 +159,8 @@ def meta_gradient(algo: Algorithm, loss_fn: LossFn, meta_params: dict,
       its state; the next one is then returned as a third output.
     head_split: ANIL only: the model's body/head split (`metajax.anil`); the
       body's features are then computed once per task instead of at every
-      inner step (the same meta-gradient, several times cheaper).
+      inner step (the same meta-gradient; docs/RESULTS.md, "ANIL: the body's
+      features once per task").
 
   Returns:
     (loss, grads) with grads shaped like `meta_params`. For MAML-family
