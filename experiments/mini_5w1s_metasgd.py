@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w1s_metasgd.py --workdir runs/mini_5w1s_metasgd
 
 Paper: 50.47 ± 1.87 % (Li et al. 2017, Tables 2-3).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 38.28 ± 0.70 % after the first 2,000 of 60,000 meta-steps on a 2-core CPU
+      (docs/RESULTS.md, "mini-ImageNet 5-way 1-shot, Meta-SGD and ANIL").
 """
 
 from metajax.papers import paper_config
