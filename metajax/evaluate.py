@@ -51,55 +51,36 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   `metajax.anil`): adapt the head on the body's features, computed once per
   task; its `metric` (or `loss`) then replaces `metric`.
   """
-  if uses_head_split(algo, head_split):
-    return _head_adaptation_losses(algo, meta_params, tasks, head_split, steps=steps,
-                                   lr=algo.inner_lr if lr is None else lr,
-                                   last_only=last_only)
   params = meta_params["params"]
   lr_per_step = algo.lslr and lr is None  # LSLR: the learned rate of each step
   lr = inner_lr(algo, meta_params) if lr is None else lr
-  mask = inner_mask(algo, params)
-  metric = loss_fn if metric is None else metric
-
-  inner_loss = test_time_objective(algo, loss_fn, params)
+  split = head_split if uses_head_split(algo, head_split) else None
+  if split is None:
+    mask = inner_mask(algo, params)
+    metric = loss_fn if metric is None else metric
+    inner_loss = test_time_objective(algo, loss_fn, params)
+  else:  # ANIL: the head adapts on the body's features (metajax.anil)
+    mask, inner_loss = None, split.loss
+    metric = split.loss if split.metric is None else split.metric
 
   # Reptile with a carried inner Adam adapts from the carried state, as the
   # reference code evaluates with its training-time optimizer.
   adam_carry = meta_params.get("adam_carry")
 
   def one_task(task):
+    start = params
+    if split is not None:  # the body runs once per task, not at every step
+      task, start = on_features(split, params, task), head_of(params)
     # MAML++'s per-step BN: the query after step t uses step t's parameters.
     query_metric = lambda p, **step: metric(p, task["query"], **step)
     adapted, after_T, *_ = inner_loop(
-        inner_loss, params, task["support"], steps=steps, lr=lr, mask=mask,
+        inner_loss, start, task["support"], steps=steps, lr=lr, mask=mask,
         optimizer=algo.inner_optimizer, observe=None if last_only else query_metric,
         lr_per_step=lr_per_step, step_arg=algo.per_step_bn, adam_carry=adam_carry)
     if last_only:  # after step T - 1 (with 0 steps: `params`, before adaptation)
       last = {"step": steps - 1} if algo.per_step_bn and steps else {}
       return query_metric(adapted, **last)[None]
-    before = query_metric(params)[None]
-    return before if after_T is None else jnp.concatenate([before, after_T])
-
-  if algo.batching == "vmap":
-    return jax.vmap(one_task)(tasks)
-  return jax.lax.map(one_task, tasks)
-
-
-def _head_adaptation_losses(algo, meta_params, tasks, split, *, steps, lr, last_only):
-  """adaptation_losses for ANIL on features computed once per task."""
-  params = meta_params["params"]
-  metric = split.loss if split.metric is None else split.metric
-
-  def one_task(task):
-    task = on_features(split, params, task)
-    query_metric = lambda head: metric(head, task["query"])
-    head = head_of(params)
-    adapted, after_T = inner_loop(
-        split.loss, head, task["support"], steps=steps, lr=lr,
-        optimizer=algo.inner_optimizer, observe=None if last_only else query_metric)
-    if last_only:
-      return query_metric(adapted)[None]
-    before = query_metric(head)[None]
+    before = query_metric(start)[None]
     return before if after_T is None else jnp.concatenate([before, after_T])
 
   if algo.batching == "vmap":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import optax
 
 from metajax.anil import HeadSplit
@@ -43,8 +44,10 @@ class Problem:
     return self.model.init(key, jnp.zeros((2,) + self.image_shape))["params"]
 
   def embed(self, params, x_NxHxWxC):
-    """Features_NxD of a head-less model (`head=False`: ProtoNet's embedding)."""
-    return self.model.apply({"params": params}, x_NxHxWxC)
+    """Features_NxD of the body: every module but "head" (ProtoNet's embedding,
+    with head=False; ANIL's features, metajax.anil)."""
+    body = {k: v for k, v in params.items() if k != "head"}
+    return self.model.clone(head=False).apply({"params": body}, x_NxHxWxC)
 
   def logits(self, params, x_NxHxWxC, step=0):
     """`step`: the inner step, which picks the BN parameters when bn="per_step"."""
@@ -53,34 +56,34 @@ class Problem:
   def loss_fn(self, params, batch, step=0):
     """Mean softmax cross-entropy of one task's batch."""
     x, labels = batch
-    return optax.softmax_cross_entropy_with_integer_labels(
-        self.logits(params, x, step), labels).mean()
+    return cross_entropy(self.logits(params, x, step), labels)
 
   def accuracy(self, params, batch, step=0):
     x, labels = batch
-    return jnp.mean(jnp.argmax(self.logits(params, x, step), -1) == labels)
+    return accuracy(self.logits(params, x, step), labels)
 
   # ANIL's split (metajax.anil): the body's features once, the head on them.
-  def features(self, params, x_NxHxWxC):
-    """Features_NxD of the body: every module but "head" of a head=True model."""
-    body = {k: v for k, v in params.items() if k != "head"}
-    return self.model.clone(head=False).apply({"params": body}, x_NxHxWxC)
-
-  @staticmethod
-  def head_logits(head, features_NxD):
-    """The linear head ({"head": {"kernel", "bias"}}) applied to features."""
-    return features_NxD @ head["head"]["kernel"] + head["head"]["bias"]
+  def head_logits(self, head, features_NxD):
+    """Conv4's "head" layer (nn.Dense; `head` = {"head": its params}) on features."""
+    return nn.Dense(self.model.ways).apply({"params": head["head"]}, features_NxD)
 
   def head_loss(self, head, batch):
     features_NxD, labels = batch
-    return optax.softmax_cross_entropy_with_integer_labels(
-        self.head_logits(head, features_NxD), labels).mean()
+    return cross_entropy(self.head_logits(head, features_NxD), labels)
 
   def head_accuracy(self, head, batch):
     features_NxD, labels = batch
-    return jnp.mean(jnp.argmax(self.head_logits(head, features_NxD), -1) == labels)
+    return accuracy(self.head_logits(head, features_NxD), labels)
 
   def head_split(self, metric: str = "loss") -> HeadSplit:
     """HeadSplit whose `metric` is the loss or ("accuracy") the accuracy."""
-    return HeadSplit(self.features, self.head_loss,
+    return HeadSplit(self.embed, self.head_loss,
                      self.head_accuracy if metric == "accuracy" else None)
+
+
+def cross_entropy(logits_NxW, labels_N):
+  return optax.softmax_cross_entropy_with_integer_labels(logits_NxW, labels_N).mean()
+
+
+def accuracy(logits_NxW, labels_N):
+  return jnp.mean(jnp.argmax(logits_NxW, -1) == labels_N)
