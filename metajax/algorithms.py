@@ -133,6 +133,15 @@ def learns_inner_lr(algo: Algorithm) -> bool:
   return algo.learn_inner_lr or algo.lslr
 
 
+def recorded_test_rate(algo: Algorithm, eval_inner_lr: float) -> Any:
+  """The test-time inner rate as eval.json records it: eval_inner_lr > 0
+  replaces any rate, learned ones included; otherwise "learned" or the
+  training rate."""
+  if eval_inner_lr > 0:
+    return eval_inner_lr
+  return "learned" if learns_inner_lr(algo) else algo.inner_lr
+
+
 def inner_lr(algo: Algorithm, meta_params: dict) -> Any:
   """The inner rate: learned pytree (Meta-SGD, LSLR) or the fixed scalar."""
   return meta_params["inner_lr"] if learns_inner_lr(algo) else algo.inner_lr

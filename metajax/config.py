@@ -85,7 +85,7 @@ def add_mamlpp_keys(c: ml_collections.ConfigDict) -> None:
 
   The other two: bn="per_step" (image tasks) and outer_lr_schedule="cosine"
   with outer_lr_min. Any of them works with maml, fomaml, metasgd (not lslr),
-  anil and mamlpp.
+  anil and mamlpp, except first_order_steps with a first-order algorithm.
   """
   c.lslr = False                # learned inner rate per parameter leaf and inner step
   # Either may exceed num_steps: the phase then lasts the whole run (the first
@@ -262,6 +262,21 @@ def unknown_key_error(key: str, valid) -> ConfigError:
                      f"(valid keys: {', '.join(sorted(valid))})")
 
 
+def _range(config, key) -> tuple:
+  """config[key] as a (low, high) pair of finite numbers with low <= high."""
+  v = config[key]
+  try:
+    lo, hi = v
+  except (TypeError, ValueError):
+    lo = hi = None
+  if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+             for x in (lo, hi)) or lo > hi:
+    raise ConfigError(f"{key} must be a pair (low, high) of finite numbers with low <= high, "
+                      f"e.g. --config.{key}='({base_for(config)[key][0]}, "
+                      f"{base_for(config)[key][1]})', got {v!r}")
+  return lo, hi
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks keys against the task's base config and values for sense; returns config."""
   base = base_for(config)
@@ -313,6 +328,13 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     d = config[key]
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < math.inf:
       raise ConfigError(f"{key} must be a finite number >= 0, got {d!r}")
+  r = config.eval_inner_lr
+  if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r == 0:
+    raise ConfigError(f"eval_inner_lr must be a finite number, > 0 (the test-time rate) or "
+                      f"< 0 (the training rate, or Meta-SGD's learned rates), got {r!r}")
+  if config.task == "sinusoid":
+    for key in ("amplitude", "phase", "x_range"):
+      _range(config, key)
   e = config.imaml_eval_lam
   if isinstance(e, bool) or not isinstance(e, (int, float)) or not -math.inf < e < math.inf:
     raise ConfigError(f"imaml_eval_lam must be a finite number (< 0: imaml_lam), got {e!r}")
@@ -339,9 +361,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _check_mamlpp(config)
   if config.task != "sinusoid":
     _check_bn_outer_only(config)
-  lo, hi = config.metasgd_lr_range
-  if not 0 < lo <= hi:
-    raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got {(lo, hi)!r}")
+  lo, _ = _range(config, "metasgd_lr_range")
+  if not lo > 0:
+    raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got "
+                      f"{tuple(config.metasgd_lr_range)!r}")
   if config.task != "sinusoid":
     if config.eval_tasks % config.eval_batch or config.val_tasks % config.eval_batch:
       raise ConfigError(f"eval_batch={config.eval_batch} must divide eval_tasks="

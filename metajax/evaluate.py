@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metajax.algorithms import (Algorithm, inner_lr, inner_mask, learns_inner_lr,
+from metajax.algorithms import (Algorithm, inner_lr, inner_mask, recorded_test_rate,
                                  uses_head_split)
 from metajax.anil import head_of, on_features
 from metajax.imaml import proximal_loss
@@ -112,8 +112,7 @@ def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:
   return {"metric": "query MSE", "num_tasks": config.eval_tasks,
           "query_points": config.eval_query, "eval_seed": config.eval_seed,
           "steps": list(range(config.eval_max_steps + 1)),
-          "inner_lr": "learned" if (lr is None and learns_inner_lr(algo))
-                      else (lr if lr is not None else algo.inner_lr),
+          "inner_lr": recorded_test_rate(algo, config.eval_inner_lr),
           "by_k_shot": results}
 
 

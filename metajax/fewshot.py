@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from metajax import loop, sharding
-from metajax.algorithms import Algorithm, learns_inner_lr
+from metajax.algorithms import Algorithm, recorded_test_rate
 from metajax.batching import resolve
 from metajax.checkpoint import Checkpoints
 from metajax.evaluate import adaptation_losses, mean_ci95
@@ -162,8 +162,7 @@ def run_test(config, s: Setup, state, test_images) -> dict:
       "ways_train": config.ways_train or config.ways, "eval_query": config.eval_query,
       "inner_steps_train": config.inner_steps,
       "inner_steps_test": test_steps, "steps": steps,
-      "inner_lr": "learned" if learns_inner_lr(algo) else (
-          algo.inner_lr if config.eval_inner_lr < 0 else config.eval_inner_lr),
+      "inner_lr": recorded_test_rate(algo, config.eval_inner_lr),
       "lslr": algo.lslr, "msl_steps": algo.msl_steps,
       "first_order_steps": algo.first_order_steps,
       "outer_lr_schedule": config.outer_lr_schedule,

@@ -166,9 +166,11 @@ def _imaml_settings(dataset: str, ways: int, shots: int) -> dict:
 def paper_config(algorithm: str, dataset: str, ways: int, shots: int):
   """fewshot_base(dataset) with the published hyperparameters of that cell."""
   if (algorithm, dataset, ways, shots) not in PUBLISHED:
-    cells = sorted({k[1:] for k in PUBLISHED})
+    cells = sorted(k[1:] for k in PUBLISHED if k[0] == algorithm)
+    known = sorted({k[0] for k in PUBLISHED})
     raise ConfigError(f"no published setting for {algorithm} on {dataset} {ways}-way "
-                      f"{shots}-shot; cells: {cells}")
+                      f"{shots}-shot; {algorithm}'s cells: {cells}" if cells else
+                      f"no published settings for algorithm {algorithm!r}; algorithms: {known}")
   config = fewshot_base(dataset)
   config.algorithm = algorithm
   config.ways, config.k_shot = ways, shots

@@ -6,6 +6,7 @@
 # the others go on.
 set -uo pipefail
 runs=${1:-runs/sine_table}; shift || true
+mkdir -p "${runs}"  # each run's stderr goes beside its workdir
 for algo in ${ALGOS:-maml fomaml reptile metasgd anil}; do
   for k in 5 10 20; do
     python -m metajax.train --config "experiments/sine_${algo}.py" \

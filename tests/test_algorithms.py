@@ -375,3 +375,14 @@ def test_bn_outer_only_bad_values(changes, match):
   config.update(**changes)
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(config)
+
+
+def test_the_recorded_test_rate_is_the_one_adaptation_uses():
+  from metajax.algorithms import recorded_test_rate
+  maml = Algorithm.named("maml", steps=1, inner_lr=0.4)
+  metasgd = Algorithm.named("metasgd", steps=1, inner_lr=0.4)
+  assert recorded_test_rate(maml, -1.0) == 0.4
+  assert recorded_test_rate(maml, 0.1) == 0.1
+  assert recorded_test_rate(metasgd, -1.0) == "learned"
+  # A re-test's eval_inner_lr replaces the learned rates (evaluate.adaptation_losses).
+  assert recorded_test_rate(metasgd, 0.1) == 0.1

@@ -48,3 +48,14 @@ def test_one_cell_in_a_subprocess():
   r = json.loads(p.stdout.strip().splitlines()[-1])
   assert r["median_s"] > 0 and r["n"] == 2 and r["compile_s"] > 0
   assert r["peak_rss_mb"] > 50 and r["run_rss_mb"] > 50
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bogus"], "unknown argument '--bogus'"),
+    (["--config.num_steps"], "--config.num_steps needs a value")])
+def test_soak_refuses_arguments_it_would_drop(argv, message, capsys):
+  from metajax.bench import soak
+  with pytest.raises(SystemExit) as exit_info:
+    soak.main(argv + ["--workdir", "/nonexistent/never_deleted"])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err

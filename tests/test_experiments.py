@@ -46,8 +46,17 @@ def test_listed_settings_are_the_ones_set(path):
   researcher reads instead of metajax.papers: each must be the config's value."""
   text = open(path).read()
   listing = re.search(r"# The published settings it sets.*?\n((?:\s*#.*\n)+)", text).group(1)
-  pairs = re.findall(r"(\w+)=('[^']*'|[^,\s]+)", listing)
+  pairs = re.findall(r"(\w+)=('[^']*'|\([^)]*\)|[^,\s]+)", listing)
   assert pairs, listing
   config = load_config(path)
   for key, value in pairs:
     assert config[key] == ast.literal_eval(value), (key, value, config[key])
+
+
+def test_a_cell_without_published_settings_names_the_algorithms_cells():
+  from metajax.config import ConfigError
+  with pytest.raises(ConfigError, match=r"mamlpp on omniglot 5-way 5-shot; mamlpp's cells: "
+                                        r"\[\('mini_imagenet', 5, 1\)"):
+    papers.paper_config("mamlpp", "omniglot", 5, 5)
+  with pytest.raises(ConfigError, match=r"algorithm 'mamll'; algorithms: \['anil'"):
+    papers.paper_config("mamll", "omniglot", 5, 1)

@@ -282,11 +282,17 @@ def test_schedules_longer_than_the_run_are_the_first_steps_of_them():
   config.update(dict(algorithm="mamlpp", num_steps=500, msl_steps=7500,
                      first_order_steps=600))
   config_lib.validate(config)
-  from metajax.mamlpp import msl_weights, phases
+  from metajax.mamlpp import msl_weights, phase_index, phases
   # At the run's last step the weights are still part-way down their ramp.
-  v = msl_weights(499, 5, 7500)
+  v = msl_weights(config.num_steps - 1, 5, config.msl_steps)
   np.testing.assert_allclose(v[:4], (1 - 499 / 7500) / 5, rtol=1e-6)
-  assert phases(7500, 600)[0] == (0, True, True)  # the phase the whole run is in
+  # Every step of the run is in the first phase: first order, with MSL.
+  table = phases(config.msl_steps, config.first_order_steps)
+  starts = [start for start, _, _ in table]
+  for step in range(config.num_steps):
+    assert table[int(phase_index(step, starts))] == (0, True, True), step
+  # The step after the first-order phase is second order (still with MSL).
+  assert table[int(phase_index(600, starts))] == (600, False, True)
 
 
 def test_per_step_bn_is_refused_outside_the_maml_family():

@@ -80,7 +80,9 @@ def test_nan_loss_stops_with_the_step(tmp_path):
 @pytest.mark.parametrize("key,value", [
     ("inner_steps", 0), ("inner_lr", -0.1), ("k_shot", 0), ("meta_batch", -2),
     ("outer_lr", 0.0), ("num_steps", 0), ("algorithm", "mamll"), ("outer_adam_eps", 0.0),
-    ("imaml_inner", "newton")])
+    ("imaml_inner", "newton"), ("metasgd_lr_range", (0.01,)), ("metasgd_lr_range", (0.0, 0.1)),
+    ("amplitude", (5.0, 0.1)), ("x_range", (-5.0, float("nan"))), ("phase", "0"),
+    ("eval_inner_lr", 0.0), ("eval_inner_lr", float("inf"))])
 def test_bad_values_name_the_value(key, value):
   c = tiny()
   with c.ignore_type():

@@ -8,8 +8,8 @@ Trains the config for `--steps` meta-steps with validation and a checkpoint
 every `--every` steps and a metrics row (with the process's resident memory)
 every `--log_every`. Memory growth is measured after warm-up (the first 10%
 of steps: compilation, first saves): (max RSS after warm-up - RSS at the end
-of warm-up) / RSS at the end of warm-up. Writes WORKDIR/soak.json and
-WORKDIR/soak.png; exits 1 if the growth is 5% or more.
+of warm-up) / RSS at the end of warm-up. Deletes WORKDIR first, then writes
+WORKDIR/soak.json and WORKDIR/soak.png; exits 1 if the growth is 5% or more.
 """
 
 from __future__ import annotations
@@ -45,14 +45,24 @@ def main(argv=None) -> int:
   ap.add_argument("--every", type=int, default=1000,
                   help="meta-steps between validations and checkpoints")
   ap.add_argument("--log_every", type=int, default=100)
-  ap.add_argument("--workdir", default="runs/soak")
+  ap.add_argument("--workdir", default="runs/soak",
+                  help="deleted first if it exists: a soak starts from scratch")
   ap.add_argument("--config", default=os.path.join(
       os.path.dirname(__file__), "..", "..", "experiments", "sine_maml.py"))
-  args, overrides = ap.parse_known_args(argv)
+  args, rest = ap.parse_known_args(argv)
+  overrides = []  # --config.KEY=VALUE or --config.KEY VALUE, as metajax.train takes them
+  while rest:
+    arg = rest.pop(0)
+    if not arg.startswith("--config."):
+      ap.error(f"unknown argument {arg!r}; expected --config.KEY=VALUE or the flags above")
+    if "=" not in arg:
+      if not rest:
+        ap.error(f"{arg} needs a value")
+      arg = f"{arg}={rest.pop(0)}"
+    overrides.append(arg[len("--config."):])
 
   from metajax.train import load_config, train_and_evaluate
-  config = load_config(args.config, [o[len("--config."):] for o in overrides
-                                     if o.startswith("--config.")])
+  config = load_config(args.config, overrides)
   config.update(num_steps=args.steps, eval_every=args.every, checkpoint_every=args.every,
                 log_every=args.log_every, steps_per_call=min(config.steps_per_call,
                                                              args.log_every),
