@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w5s_maml.py --workdir runs/mini_5w5s_maml
 
 Paper: 63.11 ± 0.92 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 44.17 ± 0.65 % after the first 500 of 60,000 meta-steps on one CPU core
+      (docs/RESULTS.md, "mini-ImageNet 5-way 5-shot, MAML").
 """
 
 from metajax.papers import paper_config
