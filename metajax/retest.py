@@ -163,14 +163,8 @@ def parse_args(argv):
   parser.add_argument("--name", help="writes eval_NAME.json (default: from the overrides)")
   parser.add_argument("--split", default="test", choices=SPLITS)
   args, rest = parser.parse_known_args(argv)
-  overrides = []
-  while rest:
-    flag = rest.pop(0)
-    key, eq, value = flag.partition("=")
-    if not key.startswith("--config.") or (not eq and not rest):
-      parser.error(f"unexpected {flag!r}: overrides are --config.KEY=VALUE")
-    overrides.append(f"{key[len('--config.'):]}={value if eq else rest.pop(0)}")
-  return args.workdir, args.step, args.name, args.split, overrides
+  from metajax.train import config_overrides
+  return args.workdir, args.step, args.name, args.split, config_overrides(parser, rest)
 
 
 def summary(result) -> str:

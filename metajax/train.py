@@ -80,6 +80,23 @@ def set_override(config, key: str, raw: str):
 LAUNCH_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
 
 
+def config_overrides(parser, rest) -> list:
+  """KEY=VALUE for each --config.KEY=VALUE or --config.KEY VALUE among the
+  arguments `parser` (an argparse parser) left over; anything else is its error."""
+  overrides, rest = [], list(rest)
+  while rest:
+    flag = rest.pop(0)
+    key, eq, value = flag.partition("=")
+    if not key.startswith("--config."):
+      parser.error(f"unknown argument {flag!r}; expected --config.KEY=VALUE or the flags above")
+    if not eq:
+      if not rest:
+        parser.error(f"{flag} needs a value")
+      value = rest.pop(0)
+    overrides.append(f"{key[len('--config.'):]}={value}")
+  return overrides
+
+
 def parse_args(argv):
   """--config PATH --workdir DIR [--config.KEY=VALUE | --config.KEY VALUE]...
   [--distributed] [--coordinator_address HOST:PORT --num_processes N --process_id I]

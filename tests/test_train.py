@@ -148,3 +148,15 @@ def test_sinusoid_table_skips_few_shot_runs(tmp_path):
   (tmp_path / "omni").mkdir()
   (tmp_path / "omni" / "eval.json").write_text('{"metric": "accuracy", "k_shot_train": 1}')
   assert sinusoid_table(str(tmp_path)).count("\n") == 1  # header rows only
+
+
+def test_config_overrides_take_both_forms_from_argparse_leftovers():
+  # Shared by metajax.retest and metajax.bench.soak.
+  import argparse
+  from metajax.train import config_overrides
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--workdir")
+  args, rest = parser.parse_known_args(
+      ["--config.inner_lr=0.1", "--workdir", "w", "--config.num_steps", "7", "--config.tag="])
+  assert args.workdir == "w"
+  assert config_overrides(parser, rest) == ["inner_lr=0.1", "num_steps=7", "tag="]

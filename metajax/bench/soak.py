@@ -50,19 +50,9 @@ def main(argv=None) -> int:
   ap.add_argument("--config", default=os.path.join(
       os.path.dirname(__file__), "..", "..", "experiments", "sine_maml.py"))
   args, rest = ap.parse_known_args(argv)
-  overrides = []  # --config.KEY=VALUE or --config.KEY VALUE, as metajax.train takes them
-  while rest:
-    arg = rest.pop(0)
-    if not arg.startswith("--config."):
-      ap.error(f"unknown argument {arg!r}; expected --config.KEY=VALUE or the flags above")
-    if "=" not in arg:
-      if not rest:
-        ap.error(f"{arg} needs a value")
-      arg = f"{arg}={rest.pop(0)}"
-    overrides.append(arg[len("--config."):])
 
-  from metajax.train import load_config, train_and_evaluate
-  config = load_config(args.config, overrides)
+  from metajax.train import config_overrides, load_config, train_and_evaluate
+  config = load_config(args.config, config_overrides(ap, rest))
   config.update(num_steps=args.steps, eval_every=args.every, checkpoint_every=args.every,
                 log_every=args.log_every, steps_per_call=min(config.steps_per_call,
                                                              args.log_every),
