@@ -6,7 +6,7 @@ Command (prepare the data once first: see docs/DATA.md):
 Paper: 49.3 ± 1.88 % (Rajeswaran et al. 2019, Table 3, iMAML-HF: a Hessian-free inner
        solver, not the GD inner steps implemented here).
 Ours: 35.20 ± 0.68 % after the first 1,000 of its 20,000 meta-steps (5%), on one CPU core
-      (docs/RESULTS.md, "iMAML: mini-ImageNet 5-way 1-shot").
+      (docs/RESULTS.md, iMAML section, "mini-ImageNet 5-way 1-shot: the first 1,000 meta-steps").
 """
 
 from metajax.papers import paper_config

@@ -5,7 +5,8 @@ Command (prepare the data once first: see docs/DATA.md):
 
 Paper: 52.15 ± 0.26 % (Antoniou et al. 2019, Table 2; an ensemble of the 5 best checkpoints).
 Ours: 30.97 ± 0.64 % after the first 500 of the 50,000 meta-steps (1%), on one CPU core
-      (docs/RESULTS.md, "MAML++: mini-ImageNet 5-way 1-shot").
+      (docs/RESULTS.md, MAML++ section, "mini-ImageNet 5-way 1-shot: the first 500 meta-steps
+      of the recipe").
 """
 
 from metajax.papers import paper_config

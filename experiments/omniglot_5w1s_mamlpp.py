@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_mamlpp.py --workdir runs/omniglot_5w1s_mamlpp
 
 Paper: 99.47 % (Antoniou et al. 2019, Table 1; an ensemble of the 5 best checkpoints).
-Ours: 94.02 ± 0.43 % after 1,000 meta-steps with the schedules shortened to them, one CPU core (docs/RESULTS.md).
+Ours: 94.02 ± 0.43 % after 1,000 meta-steps with the schedules shortened to them, one CPU
+      core (docs/RESULTS.md).
 """
 
 from metajax.papers import paper_config
