@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w5s_fomaml.py --workdir runs/mini_5w5s_fomaml
 
 Paper: 63.15 ± 0.91 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 43.46 ± 0.68 % after the first 1,000 of 60,000 meta-steps on one CPU core
+      (docs/RESULTS.md, "mini-ImageNet 5-way 5-shot, first-order MAML").
 """
 
 from metajax.papers import paper_config
