@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w5s_maml.py --workdir runs/omniglot_20w5s_maml
 
 Paper: 98.9 ± 0.2 % (Finn et al. 2017, Table 1).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 92.40 ± 0.18 % after the first 500 of 60,000 meta-steps on one CPU core
+      (docs/RESULTS.md, "Omniglot 20-way 5-shot: MAML").
 """
 
 from metajax.papers import paper_config
