@@ -3,7 +3,7 @@ r"""first-order MAML on Omniglot 20-way 1-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w1s_fomaml.py --workdir runs/omniglot_20w1s_fomaml
 
-Paper: 89.4 ± 0.5 % (Nichol et al. 2018, Table 1, "1st-order MAML + Transduction";
+Paper: 89.4 ± 0.5 % (Nichol et al. 2018, Table 2 (Omniglot), "1st-order MAML + Transduction";
        Finn et al. 2017 report first-order MAML on mini-ImageNet only).
 Ours: 82.81 ± 0.35 % after 3,000 meta-steps (best validation at 3,000), 31 min on one CPU
       core (docs/RESULTS.md).

@@ -3,7 +3,7 @@ r"""first-order MAML on Omniglot 20-way 5-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w5s_fomaml.py --workdir runs/omniglot_20w5s_fomaml
 
-Paper: 97.9 ± 0.1 % (Nichol et al. 2018, Table 1, "1st-order MAML + Transduction";
+Paper: 97.9 ± 0.1 % (Nichol et al. 2018, Table 2 (Omniglot), "1st-order MAML + Transduction";
        Finn et al. 2017 report first-order MAML on mini-ImageNet only).
 Ours: not measured yet (docs/RESULTS.md lists what has been run).
 """

@@ -3,7 +3,7 @@ r"""first-order MAML on Omniglot 5-way 1-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_fomaml.py --workdir runs/omniglot_5w1s_fomaml
 
-Paper: 98.3 ± 0.5 % (Nichol et al. 2018, Table 1, "1st-order MAML + Transduction";
+Paper: 98.3 ± 0.5 % (Nichol et al. 2018, Table 2 (Omniglot), "1st-order MAML + Transduction";
        Finn et al. 2017 report first-order MAML on mini-ImageNet only).
 Ours: 97.18 ± 0.29 % after 26,000 of the 60,000 meta-steps (best validation at 23,000), 2-core
       CPU, with this file's model (docs/RESULTS.md). The max-pool model with batch norm adapted

@@ -3,7 +3,7 @@ r"""first-order MAML on Omniglot 5-way 5-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w5s_fomaml.py --workdir runs/omniglot_5w5s_fomaml
 
-Paper: 99.2 ± 0.2 % (Nichol et al. 2018, Table 1, "1st-order MAML + Transduction";
+Paper: 99.2 ± 0.2 % (Nichol et al. 2018, Table 2 (Omniglot), "1st-order MAML + Transduction";
        Finn et al. 2017 report first-order MAML on mini-ImageNet only).
 Ours: 98.62 ± 0.15 % after 6,000 of the 60,000 meta-steps (best validation at 6,000), 48 min
       on one CPU core (docs/RESULTS.md).

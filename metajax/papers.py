@@ -7,7 +7,7 @@ algorithm's paper used for that cell (where a paper is silent, MAML's). The
 are in docs/RESULTS.md.
 
 Sources: MAML and first-order MAML, Finn et al. 2017 (Table 1 and sec. 5.2;
-first-order MAML on Omniglot: Nichol et al. 2018, Table 1, with transduction);
+first-order MAML on Omniglot: Nichol et al. 2018, Table 2, with transduction);
 Meta-SGD, Li et al. 2017 (Tables 2-3); Reptile, Nichol et al. 2018 (Tables 1-2,
 transductive; hyperparameters from its appendix); ANIL, Raghu et al. 2020
 (Table 2); ProtoNet, Snell et al. 2017 (Tables 1-2, Euclidean distance; Omniglot
