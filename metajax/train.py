@@ -14,6 +14,7 @@ sinusoid, DIR/adaptation.png and DIR/curves.png.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import json
@@ -77,7 +78,7 @@ def set_override(config, key: str, raw: str):
     config[key] = value
 
 
-LAUNCH_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
+LAUNCH_KEYS = ("coordinator_address", "num_processes", "process_id")
 
 
 def config_overrides(parser, rest) -> list:
@@ -97,53 +98,39 @@ def config_overrides(parser, rest) -> list:
   return overrides
 
 
+def _at_least(low: int):
+  """argparse type: an integer >= low."""
+  def parse(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < low:
+      raise argparse.ArgumentTypeError(f"expects an integer >= {low}, got {raw!r}")
+    return int(raw)
+  return parse
+
+
 def parse_args(argv):
   """--config PATH --workdir DIR [--config.KEY=VALUE | --config.KEY VALUE]...
   [--distributed] [--coordinator_address HOST:PORT --num_processes N --process_id I]
 
   Returns (config_path, workdir, overrides, launch) where `launch` is None for
   a single-process run, else the keyword arguments of jax.distributed.initialize.
+  A malformed command line exits with status 2 and argparse's usage message.
   """
-  config_path = workdir = None
-  overrides, launch = [], None
-  args = list(argv)
-  while args:
-    arg = args.pop(0)
-    name, eq, value = arg.partition("=")
-    if name == "--distributed":
-      launch = launch or {}
-      continue
-    if name in ("--config", "--workdir", "-h", "--help") + LAUNCH_FLAGS \
-        or name.startswith("--config."):
-      if name in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0)
-      if not eq:
-        if not args:
-          raise config_lib.ConfigError(f"{name} needs a value")
-        value = args.pop(0)
-      if name == "--config":
-        config_path = value
-      elif name == "--workdir":
-        workdir = value
-      elif name in LAUNCH_FLAGS:
-        launch = launch or {}
-        key = name[2:]
-        if key != "coordinator_address":
-          low = 1 if key == "num_processes" else 0
-          if not value.isdigit() or int(value) < low:
-            raise config_lib.ConfigError(f"{name} expects an integer >= {low}, got {value!r}")
-          value = int(value)
-        launch[key] = value
-      else:
-        overrides.append(f"{name[len('--config.'):]}={value}")
-    else:
-      raise config_lib.ConfigError(
-          f"unknown argument {arg!r}; expected --config PATH, --workdir DIR, "
-          "--config.KEY=VALUE, --distributed, " + ", ".join(f"{f} ..." for f in LAUNCH_FLAGS))
-  if config_path is None or workdir is None:
-    raise config_lib.ConfigError("both --config PATH and --workdir DIR are required")
-  return config_path, workdir, overrides, launch
+  # allow_abbrev=False: a prefix such as --conf must not silently mean --config.
+  parser = argparse.ArgumentParser(prog="python -m metajax.train", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
+  parser.add_argument("--config", required=True, metavar="PATH", help="experiment file with get_config()")
+  parser.add_argument("--workdir", required=True, metavar="DIR", help="outputs and checkpoints")
+  parser.add_argument("--distributed", action="store_true",
+                      help="jax.distributed with auto-detected cluster settings")
+  parser.add_argument("--coordinator_address", metavar="HOST:PORT", help="HOST:PORT of process 0")
+  parser.add_argument("--num_processes", type=_at_least(1), metavar="N")
+  parser.add_argument("--process_id", type=_at_least(0), metavar="I")
+  args, rest = parser.parse_known_args(argv)
+  launch = {key: getattr(args, key) for key in LAUNCH_KEYS if getattr(args, key) is not None}
+  if not (launch or args.distributed):
+    launch = None
+  return args.config, args.workdir, config_overrides(parser, rest), launch
 
 
 def initialize_distributed(launch: dict) -> None:

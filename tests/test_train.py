@@ -160,3 +160,29 @@ def test_config_overrides_take_both_forms_from_argparse_leftovers():
       ["--config.inner_lr=0.1", "--workdir", "w", "--config.num_steps", "7", "--config.tag="])
   assert args.workdir == "w"
   assert config_overrides(parser, rest) == ["inner_lr=0.1", "num_steps=7", "tag="]
+
+
+def test_parse_args_launch_and_overrides():
+  from metajax.train import parse_args
+  assert parse_args(["--config", "e.py", "--workdir", "w", "--config.inner_lr=0.1",
+                     "--config.num_steps", "7", "--config.x", "-0.5"]) == (
+                         "e.py", "w", ["inner_lr=0.1", "num_steps=7", "x=-0.5"], None)
+  assert parse_args(["--config=e.py", "--workdir=w", "--distributed"])[3] == {}
+  launch = parse_args(["--config", "e.py", "--workdir", "w", "--coordinator_address", "h:1",
+                       "--num_processes", "2", "--process_id", "0"])[3]
+  assert launch == {"coordinator_address": "h:1", "num_processes": 2, "process_id": 0}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config", "e.py"], "required: --workdir"),
+    (["--config", "e.py", "--workdir", "w", "--conf", "f.py"], "unknown argument '--conf'"),
+    (["--config", "e.py", "--workdir", "w", "--num_processes", "0"], "integer >= 1, got '0'"),
+    (["--config", "e.py", "--workdir", "w", "--process_id", "x"], "integer >= 0, got 'x'"),
+    (["--config", "e.py", "--workdir", "w", "--config.num_steps"],
+     "--config.num_steps needs a value")])
+def test_parse_args_refuses_bad_command_lines(argv, message, capsys):
+  from metajax.train import parse_args
+  with pytest.raises(SystemExit) as exit_info:
+    parse_args(argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
