@@ -7,7 +7,10 @@
 Reads WORKDIR/config.json and one checkpoint (the best-validated one, else the
 newest; or --step), applies the overrides, which may only be test-time keys
 (TEST_KEYS: how many steps and at what rate a task adapts at test, which and
-how many test episodes, where the data is), scores the test split and writes
+how many test episodes, where the data is; and k_shot where the run trained on
+k_shot_train shots, as Reptile's protocol tests one run at 1 and at 5 shots:
+the best-validated checkpoint is then the one ranked at the run's own k_shot,
+so name another with --step where that matters), scores the test split and writes
 WORKDIR/eval_<name>.json beside the run's own eval.json, which it never
 touches; the checkpoints are only read. <name> defaults to the overrides, e.g.
 eval_eval_inner_lr=0.1,eval_max_steps=10.json. `--split validation` scores
@@ -33,6 +36,12 @@ from metajax.checkpoint import Checkpoints, check_resumable
 TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",
              "eval_seed", "eval_shots", "imaml_eval_lam", "test_every_step", "data_dir",
              "manual_dir", "num_devices")
+
+
+def retest_keys(saved: dict) -> tuple:
+  """TEST_KEYS, plus k_shot where training read k_shot_train instead (Reptile's
+  protocol: one run trained on 10 shots is tested at 1 and at 5)."""
+  return TEST_KEYS + (("k_shot",) if saved.get("k_shot_train") else ())
 
 
 def config_from_json(saved: dict):
@@ -88,13 +97,15 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
   with open(path) as f:
     saved = json.load(f)
   config = config_from_json(saved)
-  changed = {}
+  allowed, changed = retest_keys(saved), {}
   for item in overrides:
     key, _, raw = item.partition("=")
-    if key in config and key not in TEST_KEYS:
+    if key in config and key not in allowed:
       raise config_lib.ConfigError(
           f"--config.{key} would change what was trained or how its checkpoints were "
-          f"ranked; a re-test may change only {', '.join(TEST_KEYS)}")
+          f"ranked; a re-test may change only {', '.join(allowed)}"
+          + (" (k_shot too where the run trained on k_shot_train shots)"
+             if key == "k_shot" else ""))
     set_override(config, key, raw)
     changed[key] = config[key]
   config_lib.validate(config)
@@ -136,7 +147,7 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
     checkpoints.close()
   # The checkpoint must be of this run's config, bar what may differ between its
   # checkpoints (run length, logging, ...) and what this re-test changes.
-  may_differ = TEST_KEYS + ("num_steps",)
+  may_differ = allowed + ("num_steps",)
   check_resumable(meta["config"], dict(saved, **{k: meta["config"][k] for k in may_differ
                                                  if k in meta["config"]}),
                   checkpoints.directory)

@@ -108,3 +108,28 @@ def test_retest_on_the_validation_split(tmp_path, synthetic_data):
   from metajax.tasks.episodes import EpisodeError
   with pytest.raises(EpisodeError, match="25 query images per class need 26 .* validation split has 20"):
     retest(workdir, ["eval_query=25"], split="validation")
+
+
+def test_retest_at_other_shots_equals_a_run_trained_for_them(tmp_path, synthetic_data):
+  # With k_shot_train set, training never reads k_shot (Reptile's protocol trains
+  # once on 10 shots for both the 1- and 5-shot tables); so re-testing a 1-shot
+  # run at 2 shots must score what a run configured for 2 shots scores itself.
+  common = dict(algorithm="reptile", inner_steps=2, inner_lr=0.1, outer_optimizer="sgd",
+                outer_lr=1.0, k_shot_train=3, num_steps=20, eval_every=0, log_every=20,
+                eval_max_steps=2)
+  one = str(tmp_path / "one")
+  train_and_evaluate(tiny_fewshot(k_shot=1, **common), one, progress=False)
+  two = train_and_evaluate(tiny_fewshot(k_shot=2, **common), str(tmp_path / "two"),
+                           progress=False)
+  again = retest(one, ["k_shot=2"])
+  assert again["k_shot"] == 2 and again["name"] == "k_shot=2"
+  np.testing.assert_allclose(again["accuracy"], two["accuracy"], rtol=1e-6)
+  # Where training read k_shot (no k_shot_train), it stays fixed (refused from
+  # config.json alone, before any checkpoint is read).
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  saved = dict(_read(os.path.join(one, "config.json")), k_shot_train=0)
+  (plain / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_lib.ConfigError, match="--config.k_shot would change what was "
+                     "trained.*k_shot too where the run trained on k_shot_train"):
+    retest(str(plain), ["k_shot=2"])
