@@ -167,8 +167,10 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
 def parse_args(argv):
   """--workdir DIR [--step N] [--name NAME] [--split test|validation]
   [--config.KEY=VALUE | --config.KEY VALUE]... -> (workdir, step, name, split, overrides)."""
+  # allow_abbrev=False: a prefix such as --work must not silently mean --workdir.
   parser = argparse.ArgumentParser(prog="python -m metajax.retest", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
   parser.add_argument("--workdir", required=True, help="the run's directory")
   parser.add_argument("--step", type=int, help="this checkpoint, not the best-validated one")
   parser.add_argument("--name", help="writes eval_NAME.json (default: from the overrides)")

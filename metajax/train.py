@@ -113,13 +113,15 @@ def parse_args(argv):
 
   Returns (config_path, workdir, overrides, launch) where `launch` is None for
   a single-process run, else the keyword arguments of jax.distributed.initialize.
-  A malformed command line exits with status 2 and argparse's usage message.
+  A malformed command line exits with status 2 and argparse's usage message. A
+  value that is itself one of these flags needs the = form: --config.tag=-h.
   """
   # allow_abbrev=False: a prefix such as --conf must not silently mean --config.
   parser = argparse.ArgumentParser(prog="python -m metajax.train", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    allow_abbrev=False)
-  parser.add_argument("--config", required=True, metavar="PATH", help="experiment file with get_config()")
+  parser.add_argument("--config", required=True, metavar="PATH",
+                      help="experiment file with get_config()")
   parser.add_argument("--workdir", required=True, metavar="DIR", help="outputs and checkpoints")
   parser.add_argument("--distributed", action="store_true",
                       help="jax.distributed with auto-detected cluster settings")

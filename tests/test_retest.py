@@ -133,3 +133,11 @@ def test_retest_at_other_shots_equals_a_run_trained_for_them(tmp_path, synthetic
   with pytest.raises(config_lib.ConfigError, match="--config.k_shot would change what was "
                      "trained.*k_shot too where the run trained on k_shot_train"):
     retest(str(plain), ["k_shot=2"])
+
+
+def test_retest_refuses_abbreviated_flags(capsys):
+  # --st is not --step: a prefix of a flag is an unknown argument.
+  with pytest.raises(SystemExit) as exit_info:
+    main(["--workdir", "runs/x", "--st", "3"])
+  assert exit_info.value.code == 2
+  assert "unknown argument '--st'" in capsys.readouterr().err
