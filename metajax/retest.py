@@ -8,9 +8,10 @@ Reads WORKDIR/config.json and one checkpoint (the best-validated one, else the
 newest; or --step), applies the overrides, which may only be test-time keys
 (TEST_KEYS: how many steps and at what rate a task adapts at test, which and
 how many test episodes, where the data is; and k_shot where the run trained on
-k_shot_train shots, as Reptile's protocol tests one run at 1 and at 5 shots:
-the best-validated checkpoint is then the one ranked at the run's own k_shot,
-so name another with --step where that matters), scores the test split and writes
+k_shot_train shots, as Reptile's protocol tests one run at 1 and at 5 shots,
+and ways where it trained on ways_train classes, as ProtoNet's tests one 60-way
+run at 5 and at 20 ways: the best-validated checkpoint is then the one ranked at
+the run's own k_shot and ways, so name another with --step where that matters), scores the test split and writes
 WORKDIR/eval_<name>.json beside the run's own eval.json, which it never
 touches; the checkpoints are only read. <name> defaults to the overrides, e.g.
 eval_eval_inner_lr=0.1,eval_max_steps=10.json. `--split validation` scores
@@ -39,9 +40,12 @@ TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eva
 
 
 def retest_keys(saved: dict) -> tuple:
-  """TEST_KEYS, plus k_shot where training read k_shot_train instead (Reptile's
-  protocol: one run trained on 10 shots is tested at 1 and at 5)."""
-  return TEST_KEYS + (("k_shot",) if saved.get("k_shot_train") else ())
+  """TEST_KEYS, plus what training did not read: k_shot where it read
+  k_shot_train instead (Reptile's protocol: one run trained on 10 shots is tested
+  at 1 and at 5), ways where it read ways_train (ProtoNet's: one 60-way run is
+  tested at 5 and at 20 ways)."""
+  return (TEST_KEYS + (("k_shot",) if saved.get("k_shot_train") else ())
+          + (("ways",) if saved.get("ways_train") else ()))
 
 
 def config_from_json(saved: dict):
@@ -104,8 +108,8 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
       raise config_lib.ConfigError(
           f"--config.{key} would change what was trained or how its checkpoints were "
           f"ranked; a re-test may change only {', '.join(allowed)}"
-          + (" (k_shot too where the run trained on k_shot_train shots)"
-             if key == "k_shot" else ""))
+          + {"k_shot": " (k_shot too where the run trained on k_shot_train shots)",
+             "ways": " (ways too where the run trained on ways_train classes)"}.get(key, ""))
     set_override(config, key, raw)
     changed[key] = config[key]
   config_lib.validate(config)

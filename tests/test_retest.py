@@ -135,6 +135,30 @@ def test_retest_at_other_shots_equals_a_run_trained_for_them(tmp_path, synthetic
     retest(str(plain), ["k_shot=2"])
 
 
+def test_retest_at_other_ways_equals_a_run_trained_for_them(tmp_path, synthetic_data):
+  # With ways_train set (ProtoNet's protocol: 60-way training episodes, tested at
+  # 5 and at 20 ways), training never reads ways, so re-testing a 2-way run at 4
+  # ways must score what a run configured for 4 ways scores itself.
+  common = dict(algorithm="protonet", ways_train=6, num_steps=20, eval_every=0,
+                log_every=20, eval_max_steps=0)
+  two = str(tmp_path / "two")
+  train_and_evaluate(tiny_fewshot(ways=2, **common), two, progress=False)
+  four = train_and_evaluate(tiny_fewshot(ways=4, **common), str(tmp_path / "four"),
+                            progress=False)
+  again = retest(two, ["ways=4"])
+  assert again["ways"] == 4 and again["name"] == "ways=4"
+  np.testing.assert_allclose(again["accuracy"], four["accuracy"], rtol=1e-6)
+  assert again["accuracy"][0] < 0.9  # 4-way episodes, not already solved
+  # Where training read ways (no ways_train), it stays fixed.
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  saved = dict(_read(os.path.join(two, "config.json")), ways_train=0)
+  (plain / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(config_lib.ConfigError, match="--config.ways would change what was "
+                     "trained.*ways too where the run trained on ways_train"):
+    retest(str(plain), ["ways=4"])
+
+
 def test_retest_refuses_abbreviated_flags(capsys):
   # --st is not --step: a prefix of a flag is an unknown argument.
   with pytest.raises(SystemExit) as exit_info:
