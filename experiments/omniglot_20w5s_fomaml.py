@@ -5,7 +5,8 @@ Command (prepare the data once first: see docs/DATA.md):
 
 Paper: 97.9 ± 0.1 % (Nichol et al. 2018, Table 2 (Omniglot), "1st-order MAML + Transduction";
        Finn et al. 2017 report first-order MAML on mini-ImageNet only).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 93.19 ± 0.17 % after the first 1,000 of 60,000 meta-steps on one CPU core
+      (docs/RESULTS.md, "Omniglot 20-way 5-shot: first-order MAML, the first 1,000 meta-steps").
 """
 
 from metajax.papers import paper_config
