@@ -4,7 +4,9 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w5s_protonet.py --workdir runs/omniglot_20w5s_protonet
 
 Paper: 98.9 % (Snell et al. 2017, Table 1, Euclidean distance; trained 60-way).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 98.56 ± 0.07 % after the first 1,000 of 20,000 episodes on one CPU core:
+      the 5-way file's run (the same training) re-tested at 20 ways
+      (docs/RESULTS.md, "Omniglot 5-way and 20-way 5-shot: one 5-shot model").
 """
 
 from metajax.papers import paper_config

@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w5s_protonet.py --workdir runs/omniglot_5w5s_protonet
 
 Paper: 99.7 % (Snell et al. 2017, Table 1, Euclidean distance; trained 60-way).
-Ours: not measured yet (docs/RESULTS.md lists what has been run).
+Ours: 99.56 ± 0.08 % after the first 1,000 of 20,000 episodes on one CPU core
+      (docs/RESULTS.md, "Omniglot 5-way and 20-way 5-shot: one 5-shot model").
 """
 
 from metajax.papers import paper_config
