@@ -9,9 +9,10 @@ newest; or --step), applies the overrides, which may only be test-time keys
 (TEST_KEYS: how many steps and at what rate a task adapts at test, which and
 how many test episodes, where the data is; and k_shot where the run trained on
 k_shot_train shots, as Reptile's protocol tests one run at 1 and at 5 shots,
-and ways where it trained on ways_train classes, as ProtoNet's tests one 60-way
-run at 5 and at 20 ways: the best-validated checkpoint is then the one ranked at
-the run's own k_shot and ways, so name another with --step where that matters), scores the test split and writes
+and ways where it trained on ways_train classes, as ProtoNet's Omniglot
+protocol tests one 60-way run at 5 and at 20 ways: the best-validated
+checkpoint is then the one ranked at the run's own k_shot and ways, so name
+another with --step where that matters), scores the test split and writes
 WORKDIR/eval_<name>.json beside the run's own eval.json, which it never
 touches; the checkpoints are only read. <name> defaults to the overrides, e.g.
 eval_eval_inner_lr=0.1,eval_max_steps=10.json. `--split validation` scores
