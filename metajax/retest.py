@@ -40,13 +40,17 @@ TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eva
              "manual_dir", "num_devices")
 
 
+# Episode keys that training does not read where the run set their training
+# counterpart (key -> (that counterpart, what it counts)): Reptile's protocol
+# tests one run trained on 10 shots at 1 and at 5; ProtoNet's Omniglot protocol
+# one 60-way run at 5 and at 20 ways.
+TRAINED_INSTEAD = {"k_shot": ("k_shot_train", "shots"), "ways": ("ways_train", "classes")}
+
+
 def retest_keys(saved: dict) -> tuple:
-  """TEST_KEYS, plus what training did not read: k_shot where it read
-  k_shot_train instead (Reptile's protocol: one run trained on 10 shots is tested
-  at 1 and at 5), ways where it read ways_train (ProtoNet's: one 60-way run is
-  tested at 5 and at 20 ways)."""
-  return (TEST_KEYS + (("k_shot",) if saved.get("k_shot_train") else ())
-          + (("ways",) if saved.get("ways_train") else ()))
+  """TEST_KEYS, plus each TRAINED_INSTEAD key whose counterpart the run set."""
+  return TEST_KEYS + tuple(key for key, (counterpart, _) in TRAINED_INSTEAD.items()
+                           if saved.get(counterpart))
 
 
 def config_from_json(saved: dict):
@@ -109,8 +113,8 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
       raise config_lib.ConfigError(
           f"--config.{key} would change what was trained or how its checkpoints were "
           f"ranked; a re-test may change only {', '.join(allowed)}"
-          + {"k_shot": " (k_shot too where the run trained on k_shot_train shots)",
-             "ways": " (ways too where the run trained on ways_train classes)"}.get(key, ""))
+          + (" ({} too where the run trained on {} {})".format(key, *TRAINED_INSTEAD[key])
+             if key in TRAINED_INSTEAD else ""))
     set_override(config, key, raw)
     changed[key] = config[key]
   config_lib.validate(config)

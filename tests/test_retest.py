@@ -110,53 +110,36 @@ def test_retest_on_the_validation_split(tmp_path, synthetic_data):
     retest(workdir, ["eval_query=25"], split="validation")
 
 
-def test_retest_at_other_shots_equals_a_run_trained_for_them(tmp_path, synthetic_data):
-  # With k_shot_train set, training never reads k_shot (Reptile's protocol trains
-  # once on 10 shots for both the 1- and 5-shot tables); so re-testing a 1-shot
-  # run at 2 shots must score what a run configured for 2 shots scores itself.
-  common = dict(algorithm="reptile", inner_steps=2, inner_lr=0.1, outer_optimizer="sgd",
-                outer_lr=1.0, k_shot_train=3, num_steps=20, eval_every=0, log_every=20,
-                eval_max_steps=2)
-  one = str(tmp_path / "one")
-  train_and_evaluate(tiny_fewshot(k_shot=1, **common), one, progress=False)
-  two = train_and_evaluate(tiny_fewshot(k_shot=2, **common), str(tmp_path / "two"),
-                           progress=False)
-  again = retest(one, ["k_shot=2"])
-  assert again["k_shot"] == 2 and again["name"] == "k_shot=2"
-  np.testing.assert_allclose(again["accuracy"], two["accuracy"], rtol=1e-6)
-  # Where training read k_shot (no k_shot_train), it stays fixed (refused from
+@pytest.mark.parametrize("key, counterpart, trained, other, common", [
+    # Reptile's protocol trains once on 10 shots for both the 1- and 5-shot tables.
+    ("k_shot", "k_shot_train", 1, 2,
+     dict(algorithm="reptile", inner_steps=2, inner_lr=0.1, outer_optimizer="sgd",
+          outer_lr=1.0, k_shot_train=3, eval_max_steps=2)),
+    # ProtoNet's Omniglot protocol trains one 60-way model for the 5- and 20-way tables.
+    ("ways", "ways_train", 2, 4, dict(algorithm="protonet", ways_train=6, eval_max_steps=0)),
+])
+def test_retest_of_a_key_training_did_not_read(tmp_path, synthetic_data, key, counterpart,
+                                               trained, other, common):
+  # With its training counterpart set, training never reads `key`; so re-testing
+  # a run at another value must score what a run configured for it scores itself.
+  common = dict(common, num_steps=20, eval_every=0, log_every=20)
+  run = str(tmp_path / "run")
+  train_and_evaluate(tiny_fewshot(**{key: trained}, **common), run, progress=False)
+  configured = train_and_evaluate(tiny_fewshot(**{key: other}, **common),
+                                  str(tmp_path / "configured"), progress=False)
+  again = retest(run, [f"{key}={other}"])
+  assert again[key] == other and again["name"] == f"{key}={other}"
+  np.testing.assert_allclose(again["accuracy"], configured["accuracy"], rtol=1e-6)
+  assert again["accuracy"][0] < 0.9  # the re-test's episodes are not already solved
+  # Where training read `key` (no counterpart), it stays fixed (refused from
   # config.json alone, before any checkpoint is read).
   plain = tmp_path / "plain"
   plain.mkdir()
-  saved = dict(_read(os.path.join(one, "config.json")), k_shot_train=0)
+  saved = dict(_read(os.path.join(run, "config.json")), **{counterpart: 0})
   (plain / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(config_lib.ConfigError, match="--config.k_shot would change what was "
-                     "trained.*k_shot too where the run trained on k_shot_train"):
-    retest(str(plain), ["k_shot=2"])
-
-
-def test_retest_at_other_ways_equals_a_run_trained_for_them(tmp_path, synthetic_data):
-  # With ways_train set (ProtoNet's protocol: 60-way training episodes, tested at
-  # 5 and at 20 ways), training never reads ways, so re-testing a 2-way run at 4
-  # ways must score what a run configured for 4 ways scores itself.
-  common = dict(algorithm="protonet", ways_train=6, num_steps=20, eval_every=0,
-                log_every=20, eval_max_steps=0)
-  two = str(tmp_path / "two")
-  train_and_evaluate(tiny_fewshot(ways=2, **common), two, progress=False)
-  four = train_and_evaluate(tiny_fewshot(ways=4, **common), str(tmp_path / "four"),
-                            progress=False)
-  again = retest(two, ["ways=4"])
-  assert again["ways"] == 4 and again["name"] == "ways=4"
-  np.testing.assert_allclose(again["accuracy"], four["accuracy"], rtol=1e-6)
-  assert again["accuracy"][0] < 0.9  # 4-way episodes, not already solved
-  # Where training read ways (no ways_train), it stays fixed.
-  plain = tmp_path / "plain"
-  plain.mkdir()
-  saved = dict(_read(os.path.join(two, "config.json")), ways_train=0)
-  (plain / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(config_lib.ConfigError, match="--config.ways would change what was "
-                     "trained.*ways too where the run trained on ways_train"):
-    retest(str(plain), ["ways=4"])
+  with pytest.raises(config_lib.ConfigError, match=f"--config.{key} would change what was "
+                     f"trained.*{key} too where the run trained on {counterpart}"):
+    retest(str(plain), [f"{key}={other}"])
 
 
 def test_retest_refuses_abbreviated_flags(capsys):
