@@ -4,7 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w1s_maml.py --workdir runs/mini_5w1s_maml
 
 Paper: 48.7 ± 1.84 % (Finn et al. 2017, Table 1).
-Ours: 35.40 ± 0.66 % after 800 of the 60,000 meta-steps, one CPU core (docs/RESULTS.md).
+Ours: 36.51 ± 0.69 % after 1,200 of the 60,000 meta-steps, one CPU core (docs/RESULTS.md;
+      35.40 ± 0.66 % after 800 in an earlier run).
 """
 
 from metajax.papers import paper_config
