@@ -1,9 +1,14 @@
-"""Figures: adaptation on one task (MAML Fig. 2) and the meta-training curve."""
+"""Figures: adaptation on one task (MAML Fig. 2), the meta-training curve, and
+validation accuracy of several runs against meta-steps and wall-clock minutes.
+
+  python -m metajax.plots compare.png runs/mini_5w1s_maml runs/mini_5w1s_fomaml
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -69,3 +74,47 @@ def plot_curves(path, metrics_path):
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def validation_curves(workdir):
+  """(steps, minutes, accuracy %, ci95 %) of a run's validations, from its
+  metrics.jsonl; minutes are `elapsed_s` (wall clock over all legs of the run,
+  validations included) / 60."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: pass a training workdir (a folder "
+                            "holding the metrics.jsonl that metajax.train writes)")
+  with open(path) as f:
+    val = [r for r in map(json.loads, filter(str.strip, f))
+           if r.get("val_accuracy") is not None]
+  if not val:
+    raise ValueError(f"{path} has no validation rows (val_accuracy): train with "
+                     "--config.eval_every > 0 on a few-shot data set")
+  return ([r["step"] for r in val], [r["elapsed_s"] / 60 for r in val],
+          [100 * r["val_accuracy"] for r in val], [100 * r["val_ci95"] for r in val])
+
+
+def plot_validation(path, workdirs):
+  """Validation accuracy ± 95% CI of each run against meta-step (left) and
+  against minutes of wall clock (right): the two ways to compare, e.g., exact
+  second-order MAML with first-order MAML."""
+  fig, (by_step, by_min) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  for workdir in workdirs:
+    steps, minutes, acc, ci = validation_curves(workdir)
+    label = os.path.basename(os.path.normpath(workdir))
+    for ax, x in ((by_step, steps), (by_min, minutes)):
+      ax.errorbar(x, acc, yerr=ci, marker="o", ms=3, capsize=2, label=label)
+  by_step.set_xlabel("meta-step")
+  by_min.set_xlabel("wall-clock minutes (validations included)")
+  by_step.set_ylabel("validation accuracy (%)")
+  by_step.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+if __name__ == "__main__":
+  if len(sys.argv) < 3:
+    sys.exit("usage: python -m metajax.plots OUT.png WORKDIR [WORKDIR ...]")
+  plot_validation(sys.argv[1], sys.argv[2:])
+  print(f"wrote {sys.argv[1]}")
