@@ -54,16 +54,21 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
   plt.close(fig)
 
 
-def plot_curves(path, metrics_path):
-  """Meta-training query loss against meta-step, from metrics.jsonl."""
+def _read_metrics(metrics_path):
+  """The rows of a metrics.jsonl and those of them that carry a validation."""
   with open(metrics_path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
+  return rows, [r for r in rows if r.get("val_accuracy") is not None]
+
+
+def plot_curves(path, metrics_path):
+  """Meta-training query loss against meta-step, from metrics.jsonl."""
+  rows, val = _read_metrics(metrics_path)
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
   ax.set_xlabel("meta-step")
   ax.set_ylabel("mean post-adaptation query loss")
   ax.set_yscale("log")
-  val = [r for r in rows if r.get("val_accuracy") is not None]
   if val:  # few-shot runs: validation accuracy on a second axis
     ax2 = ax.twinx()
     ax2.errorbar([r["step"] for r in val], [100 * r["val_accuracy"] for r in val],
@@ -84,9 +89,7 @@ def validation_curves(workdir):
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: pass a training workdir (a folder "
                             "holding the metrics.jsonl that metajax.train writes)")
-  with open(path) as f:
-    val = [r for r in map(json.loads, filter(str.strip, f))
-           if r.get("val_accuracy") is not None]
+  val = _read_metrics(path)[1]
   if not val:
     raise ValueError(f"{path} has no validation rows (val_accuracy): train with "
                      "--config.eval_every > 0 on a few-shot data set")
