@@ -4,8 +4,8 @@ Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w1s_fomaml.py --workdir runs/mini_5w1s_fomaml
 
 Paper: 48.07 ± 1.75 % (Finn et al. 2017, Table 1).
-Ours: 40.51 ± 0.70 % after the first 10,400 of the 60,000 meta-steps (best validation at
-      10,000), 436 min on one CPU core (docs/RESULTS.md; MAML: 43.44 ± 0.78 % after 8,400).
+Ours: 41.65 ± 0.73 % after the first 14,000 of the 60,000 meta-steps (best validation at
+      10,800), 595 min on one CPU core (docs/RESULTS.md; MAML: 44.52 ± 0.74 % after 10,800).
 """
 
 from metajax.papers import paper_config
