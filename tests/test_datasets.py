@@ -500,6 +500,7 @@ def test_real_mini_imagenet(real_mini_imagenet, real_data_dir):
   np.testing.assert_array_equal(x[0, 0], source)  # x is the test split
 
 
+@pytest.mark.xla_optimized
 def test_short_real_omniglot_training_rises_above_chance(real_omniglot_maml, real_data_dir,
                                                          tmp_path):
   """150 first-order MAML steps on the real MAML split: the 5-way test accuracy
