@@ -15,20 +15,18 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-_UNOPTIMIZED = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in (
-    "1", "true", "t", "yes", "y", "on")
-try:
-  jax.config.update("jax_disable_most_optimizations", _UNOPTIMIZED)
-except AttributeError:  # a JAX without the flag: the suite runs optimized, only slower
-  _UNOPTIMIZED = False
+_FLAG = "jax_disable_most_optimizations"  # JAX reads it from the variable above
 
 
 @pytest.fixture(autouse=True)
 def _xla_optimized_when_marked(request):
-  if _UNOPTIMIZED and request.node.get_closest_marker("xla_optimized"):
-    jax.config.update("jax_disable_most_optimizations", False)
-    yield
-    jax.config.update("jax_disable_most_optimizations", True)
+  # A JAX without the flag has no entry: the suite then runs optimized, only slower.
+  if jax.config.values.get(_FLAG) and request.node.get_closest_marker("xla_optimized"):
+    jax.config.update(_FLAG, False)
+    try:
+      yield
+    finally:
+      jax.config.update(_FLAG, True)
   else:
     yield
 
