@@ -3,7 +3,7 @@ r"""Reptile on mini-ImageNet 5-way 1-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w1s_reptile.py --workdir runs/mini_5w1s_reptile
 
-Paper: 49.97 ± 0.32 % (Nichol et al. 2018, Tables 1-2, transductive).
+Paper: 49.97 ± 0.32 % (Nichol et al. 2018, Table 1, transductive).
 Ours: 37.29 ± 0.76 % after the first 2,000 of 100,000 meta-steps on one CPU core
       (docs/RESULTS.md, "mini-ImageNet 5-way 1-shot, Reptile").
 """

@@ -3,7 +3,7 @@ r"""Reptile on mini-ImageNet 5-way 5-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/mini_5w5s_reptile.py --workdir runs/mini_5w5s_reptile
 
-Paper: 65.99 ± 0.58 % (Nichol et al. 2018, Tables 1-2, transductive).
+Paper: 65.99 ± 0.58 % (Nichol et al. 2018, Table 1, transductive).
 Ours: 50.91 ± 0.69 % after the first 2,000 of 100,000 meta-steps on one CPU core:
       the 1-shot file's run (the same training) re-tested at 5 shots (docs/RESULTS.md,
       "mini-ImageNet 5-way 1-shot, Reptile").

@@ -3,7 +3,7 @@ r"""Reptile on Omniglot 20-way 1-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w1s_reptile.py --workdir runs/omniglot_20w1s_reptile
 
-Paper: 89.43 ± 0.14 % (Nichol et al. 2018, Tables 1-2, transductive).
+Paper: 89.43 ± 0.14 % (Nichol et al. 2018, Table 2, transductive).
 Ours: 80.87 ± 0.38 % after the first 4,000 of 200,000 meta-steps on one CPU core
       (docs/RESULTS.md, "Omniglot 20-way 1-shot: MAML and iMAML beside MAML++").
 """

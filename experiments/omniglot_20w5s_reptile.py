@@ -3,7 +3,7 @@ r"""Reptile on Omniglot 20-way 5-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_20w5s_reptile.py --workdir runs/omniglot_20w5s_reptile
 
-Paper: 97.12 ± 0.32 % (Nichol et al. 2018, Tables 1-2, transductive).
+Paper: 97.12 ± 0.32 % (Nichol et al. 2018, Table 2, transductive).
 Ours: 96.60 ± 0.11 % after the first 4,000 of 200,000 meta-steps on one CPU core:
       the 1-shot file's run (the same training) re-tested at 5 shots (docs/RESULTS.md,
       "Omniglot 20-way 1-shot: MAML and iMAML beside MAML++").

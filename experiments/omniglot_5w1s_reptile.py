@@ -3,7 +3,7 @@ r"""Reptile on Omniglot 5-way 1-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w1s_reptile.py --workdir runs/omniglot_5w1s_reptile
 
-Paper: 97.68 ± 0.04 % (Nichol et al. 2018, Tables 1-2, transductive).
+Paper: 97.68 ± 0.04 % (Nichol et al. 2018, Table 2, transductive).
 Ours: 97.62 ± 0.28 % after 16,000 meta-steps (--config.num_steps=16000: the outer rate anneals
       to 0 over 16k steps, not 100k), 92 min on one CPU core (docs/RESULTS.md).
 """

@@ -3,7 +3,7 @@ r"""Reptile on Omniglot 5-way 5-shot.
 Command (prepare the data once first: see docs/DATA.md):
   python -m metajax.train --config experiments/omniglot_5w5s_reptile.py --workdir runs/omniglot_5w5s_reptile
 
-Paper: 99.48 ± 0.06 % (Nichol et al. 2018, Tables 1-2, transductive).
+Paper: 99.48 ± 0.06 % (Nichol et al. 2018, Table 2, transductive).
 Ours: 99.54 ± 0.09 % after 16,000 meta-steps (--config.num_steps=16000, the schedule shortened
       with it), 79 min on one CPU core (docs/RESULTS.md).
 """
