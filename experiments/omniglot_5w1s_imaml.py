@@ -7,8 +7,8 @@ Paper: 99.16 ± 0.35 % (Rajeswaran et al. 2019, Table 2, iMAML with GD inner ste
        iMAML-HF: 99.50 ± 0.26).
 Ours: not reproduced yet; 96.38 ± 0.35 % after the first 4,800 of the 20,000 meta-steps (2-core
       CPU, 259 min; best validated step 4,600), docs/RESULTS.md, iMAML; 96.25 ± 0.34 % after
-      4,400, 94.25 ± 0.45 % after 2,400, 89.80 ± 0.56 % after 800. Before this file used the authors' inner loop and Adam
-      epsilon, 600 meta-steps gave 85.60 ± 0.69 %.
+      4,400, 94.25 ± 0.45 % after 2,400, 89.80 ± 0.56 % after 800. Before this file used the
+      authors' inner loop and Adam epsilon, 600 meta-steps gave 85.60 ± 0.69 %.
 """
 
 from metajax.papers import paper_config
