@@ -5,7 +5,7 @@ Command (prepare the data once first: see docs/DATA.md):
 
 Paper: 94.46 ± 0.42 % (Rajeswaran et al. 2019, Table 2, iMAML with GD inner steps;
        iMAML-HF: 96.18 ± 0.36).
-Ours: 86.15 ± 0.33 % after 10,500 of the 20,000 meta-steps (242 min on a 2-core CPU, both
+Ours: 86.87 ± 0.32 % after 11,500 of the 20,000 meta-steps (266 min on a 2-core CPU, both
       cores), with --config.downsample=stride (the strided model of the MAML 20-way run);
       validation was still rising, about 0.3 point per 500 meta-steps (docs/RESULTS.md).
       In a sweep of the first 250-500 meta-steps, --config.outer_adam_eps=1e-8 (MAML's) instead
