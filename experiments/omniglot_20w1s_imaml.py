@@ -5,9 +5,9 @@ Command (prepare the data once first: see docs/DATA.md):
 
 Paper: 94.46 ± 0.42 % (Rajeswaran et al. 2019, Table 2, iMAML with GD inner steps;
        iMAML-HF: 96.18 ± 0.36).
-Ours: 88.54 ± 0.30 % after 16,000 of the 20,000 meta-steps (369 min on a 2-core CPU, both
-      cores), with --config.downsample=stride (the strided model of the MAML 20-way run);
-      validation was still rising, about 0.2 point per 500 meta-steps (docs/RESULTS.md).
+Ours: 89.00 ± 0.30 % after the full 20,000 meta-steps (459 min on a 2-core CPU, both cores),
+      with --config.downsample=stride (the strided model of the MAML 20-way run); validation
+      flattened at 88.5-89.0 % over the last 4,000 meta-steps (docs/RESULTS.md).
       In a sweep of the first 250-500 meta-steps, --config.outer_adam_eps=1e-8 (MAML's) instead
       of the authors' 1e-3 raised validation from 63.6 to 67.3 % at 500; with the authors' CG
       damping the meta-gradient was no better than first order (docs/RESULTS.md,
