@@ -182,6 +182,33 @@ def batch_norm(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
   return (x_NxHxWxC - mean_C) * jax.lax.rsqrt(var_C + eps) * scale_C + bias_C
 
 
+def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5):
+  """max_pool2x2(relu(batch_norm(x))), or max_pool2x2(relu(x)) without BN,
+  with the pool taken first: (N, H, W, C) -> (N, H//2, W//2, C).
+
+  BN (statistics of the whole full-resolution x) is a per-channel affine map
+  and ReLU is monotone, so both commute with a 2x2 max: where a channel's
+  BN factor scale/sigma is negative, the max of the affine image is the
+  affine image of the window's min, taken here as -max(-x). Exact, and the
+  gradient goes to the same element (only where that factor is exactly 0
+  may it pick another element of a tied window). Why: the normalised and
+  rectified full-resolution copies are no longer made or kept for the
+  backward pass, only x and the pool's argmax (docs/RESULTS.md, "Max-pool
+  before batch norm": 23-27% less XLA temp memory for second-order MAML on
+  the three benchmark configs, the same time or a little less).
+  """
+  if scale_C is None:
+    return nn.relu(max_pool2x2(x_NxHxWxC))
+  mean_C = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
+  var_C = jnp.mean(jnp.square(x_NxHxWxC - mean_C), axis=(0, 1, 2))
+  factor_C = jax.lax.rsqrt(var_C + eps) * scale_C
+  # +1 or -1 per channel: which extreme of each window the affine map sends
+  # to the max. A constant of the program, not a function to differentiate.
+  sign_C = jax.lax.stop_gradient(jnp.where(factor_C >= 0, 1, -1).astype(x_NxHxWxC.dtype))
+  extreme = max_pool2x2(x_NxHxWxC * sign_C) * sign_C
+  return nn.relu((extreme - mean_C) * factor_C + shift_C)
+
+
 DOWNSAMPLES = ("max_pool", "stride")
 
 
@@ -204,6 +231,7 @@ class ConvBlock(nn.Module):
       raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
     stride = 2 if self.downsample == "stride" else 1
     h = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride) + bias
+    scale_C = shift_C = None
     if self.bn != "none":
       sets = self.bn_steps if self.bn == "per_step" else 1
       scale = self.param("bn_scale", nn.initializers.ones, (sets, self.filters))
@@ -218,9 +246,9 @@ class ConvBlock(nn.Module):
         scale_C, shift_C = (onehot_Sx1 * scale).sum(0), (onehot_Sx1 * shift).sum(0)
       else:
         scale_C, shift_C = scale[0], shift[0]
-      h = batch_norm(h, scale_C, shift_C)
-    h = nn.relu(h)
-    return h if stride == 2 else max_pool2x2(h)
+    if stride == 1:
+      return bn_relu_pool(h, scale_C, shift_C)
+    return nn.relu(h if scale_C is None else batch_norm(h, scale_C, shift_C))
 
 
 class Conv4(nn.Module):

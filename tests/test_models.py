@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from metajax.algorithms import Algorithm, meta_gradient
-from metajax.models import CONV_IMPLS, ConvBlock, Conv4, batch_norm, conv3x3, max_pool2x2
+from metajax.models import (CONV_IMPLS, ConvBlock, Conv4, batch_norm, bn_relu_pool, conv3x3,
+                            max_pool2x2)
 from metajax.tasks.fewshot import Problem, synthetic_tasks
 
 
@@ -205,6 +206,49 @@ def test_hand_written_backward_passes_match_autodiff_to_second_order():
       # Second order: the gradient's own derivative w.r.t. the BN scale.
       h = lambda fn: jax.grad(lambda s: jnp.sum(jax.grad(f(fn))(x, s) ** 2))(scale)
       np.testing.assert_allclose(h(ours), h(ref), rtol=1e-9)
+
+
+class BnReluPoolTest(chex.TestCase):
+  """bn_relu_pool takes the 2x2 max before batch norm and ReLU; the paper's
+  order (BN, ReLU, then pool) written with reduce_window is the reference."""
+
+  @staticmethod
+  def _reference(x, scale, shift):
+    if scale is not None:
+      mean = x.mean(axis=(0, 1, 2))
+      var = ((x - mean) ** 2).mean(axis=(0, 1, 2))
+      x = (x - mean) / jnp.sqrt(var + 1e-5) * scale + shift
+    x = jnp.maximum(x, 0)
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_values_and_derivatives_to_second_order_match_the_papers_order(self):
+    with jax.enable_x64(True):
+      # Odd H and W (the last row and column are dropped, but count in the BN
+      # statistics); scales of both signs, so some channels pool their minimum.
+      x = jax.random.normal(jax.random.PRNGKey(11), (3, 7, 5, 4), jnp.float64)
+      scale = jnp.array([0.8, -1.3, 2.0, -0.4], jnp.float64)
+      shift = jnp.array([0.1, 0.3, -0.2, 0.0], jnp.float64)
+      weights = jnp.cos(jnp.arange(3 * 3 * 2 * 4.0)).reshape(3, 3, 2, 4)
+      for bn in (True, False):
+        def loss(fn, x, scale, shift):
+          out = fn(x, scale, shift) if bn else fn(x, None, None)
+          return jnp.sum(jnp.sin(out) * weights)
+        ours = self.variant(lambda *a: jax.grad(loss, argnums=(1, 2, 3))(bn_relu_pool, *a))
+        ref = jax.grad(loss, argnums=(1, 2, 3))
+        chex.assert_trees_all_close(bn_relu_pool(x, scale, shift) if bn else bn_relu_pool(x),
+                                    self._reference(x, scale, shift) if bn
+                                    else self._reference(x, None, None), rtol=1e-12)
+        chex.assert_trees_all_close(ours(x, scale, shift), ref(self._reference, x, scale, shift),
+                                    rtol=1e-10, atol=1e-12)
+        # Second order, as MAML differentiates the inner gradient again.
+        second = lambda fn: jax.grad(
+            lambda x, s: jnp.sum(jax.grad(loss, argnums=1)(fn, x, s, shift) ** 2),
+            argnums=(0, 1))(x, scale)
+        chex.assert_trees_all_close(self.variant(lambda: second(bn_relu_pool))(),
+                                    second(self._reference), rtol=1e-9, atol=1e-12)
+        # Not vacuous: a pool keeps 1 of 4 elements and ReLU about half of those.
+        assert np.count_nonzero(second(self._reference)[0]) > x.size // 16
 
 
 def test_config_model_and_inner_loop_record_follow_the_config_keys():
