@@ -177,9 +177,14 @@ def batch_norm(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
   block in isolation but made the whole scanned meta-step 2x slower on CPU
   (measured), so it is not used.
   """
-  mean_C = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
-  var_C = jnp.mean(jnp.square(x_NxHxWxC - mean_C), axis=(0, 1, 2))
+  mean_C, var_C = _moments(x_NxHxWxC)
   return (x_NxHxWxC - mean_C) * jax.lax.rsqrt(var_C + eps) * scale_C + bias_C
+
+
+def _moments(x_NxHxWxC):
+  """Per-channel mean and (biased) variance over batch and positions."""
+  mean_C = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
+  return mean_C, jnp.mean(jnp.square(x_NxHxWxC - mean_C), axis=(0, 1, 2))
 
 
 def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5):
@@ -199,8 +204,7 @@ def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5):
   """
   if scale_C is None:
     return nn.relu(max_pool2x2(x_NxHxWxC))
-  mean_C = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
-  var_C = jnp.mean(jnp.square(x_NxHxWxC - mean_C), axis=(0, 1, 2))
+  mean_C, var_C = _moments(x_NxHxWxC)
   factor_C = jax.lax.rsqrt(var_C + eps) * scale_C
   # +1 or -1 per channel: which extreme of each window the affine map sends
   # to the max. A constant of the program, not a function to differentiate.
