@@ -109,15 +109,16 @@ def _fmt(v, scale=1.0, digits=2):
 
 def table(rows) -> str:
   out = ["| config | algo | impl | steps | remat | batching | median s | min–max s | "
-         "compile s | peak RSS MB | run RSS MB | XLA temp MB | tasks/s | vs torch-loop | vs torch-func |",
-         "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "compile s | peak RSS MB | run RSS MB | XLA temp MB | device peak MB | tasks/s | "
+         "vs torch-loop | vs torch-func |",
+         "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   def key(r):
     return (r["preset"], r["algo"], r.get("steps"), bool(r.get("remat")))
   peer = {(key(r), r["impl"]): r for r in rows if "error" not in r}
   for r in rows:
     if "error" in r:
       out.append(f"| {r['preset']} | {r['algo']} | {r['impl']} | | | | error: "
-                 f"{r['error'][:80]} | | | | | | | | |")
+                 f"{r['error'][:80]} | | | | | | | | | |")
       continue
     ratios = []
     for impl in ("torch-loop", "torch-func"):
@@ -132,7 +133,7 @@ def table(rows) -> str:
         f"{'yes' if r.get('remat') else 'no'} | {batching} | {r['median_s']:.4f} | "
         f"{r['min_s']:.4f}–{r['max_s']:.4f} | {_fmt(r.get('compile_s'), 1, 1)} | "
         f"{_fmt(r.get('peak_rss_mb'), 1, 0)} | {_fmt(r.get('run_rss_mb'), 1, 0)} | "
-        f"{_fmt(r.get('xla_temp_mb'), 1, 0)} | "
+        f"{_fmt(r.get('xla_temp_mb'), 1, 0)} | {_fmt(r.get('device_peak_mb'), 1, 0)} | "
         f"{_fmt(r.get('tasks_per_s'), 1, 1)} | {ratios[0]} | {ratios[1]} |")
   return "\n".join(out)
 

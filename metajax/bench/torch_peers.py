@@ -9,6 +9,9 @@ Adam outer step as the metajax cells, written two ways:
               `.backward()` per task accumulating the meta-gradient.
   torch-func  torch.func: functional_call-free pure functions, `grad` inner
               steps, `vmap` over tasks, one `grad` for the meta-gradient.
+
+Runs on CUDA when PyTorch sees a GPU (a cell's "device" overrides), timed with
+`torch.cuda.synchronize` and reporting `torch.cuda.max_memory_allocated`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from metajax.bench import memory
 from metajax.bench.presets import PRESETS
 
 
-def init_params(ways, filters, image_shape, generator):
+def init_params(ways, filters, image_shape, generator, device="cpu"):
   h, w, c = image_shape
   params = []
   for _ in range(4):
@@ -34,7 +37,7 @@ def init_params(ways, filters, image_shape, generator):
   feat = c * h * w
   params += [torch.randn(ways, feat, generator=generator) / feat ** 0.5,
              torch.zeros(ways)]
-  return [p.requires_grad_() for p in params]
+  return [p.to(device).requires_grad_() for p in params]
 
 
 def forward(params, x_NxCxHxW):
@@ -60,10 +63,11 @@ def _adapt_loop(params, xs, ys, steps, lr, create_graph):
 
 
 def _episodes(p, generator):
+  device = generator.device
   def part(per_class):
     x = torch.rand(p["meta_batch"], p["ways"] * per_class, p["image_shape"][2],
-                   *p["image_shape"][:2], generator=generator)
-    y = torch.arange(p["ways"]).repeat_interleave(per_class)
+                   *p["image_shape"][:2], generator=generator, device=device)
+    y = torch.arange(p["ways"], device=device).repeat_interleave(per_class)
     return x, y.expand(p["meta_batch"], -1).contiguous()
   return part(p["shots"]), part(p["queries"])
 
@@ -92,9 +96,9 @@ def make_step_loop(algo, p, params, opt):
       else:
         loss = _loss(phi, xq[t], yq[t]) / p["meta_batch"]
         loss.backward()
-        total += float(loss)
+        total = total + loss.detach()  # no per-task host sync on a GPU
     opt.step()
-    return total
+    return float(total)
   return step
 
 
@@ -127,13 +131,20 @@ def make_step_func(algo, p, params, opt):
   return step
 
 
+def _sync(device):
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
 def run_cell(cell: dict) -> dict:
   torch.manual_seed(0)
   p = dict(PRESETS[cell["preset"]])
   if cell.get("steps"):
     p["steps"] = cell["steps"]
-  generator = torch.Generator().manual_seed(0)
-  params = init_params(p["ways"], p["filters"], p["image_shape"], generator)
+  device = torch.device(cell.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+  params = init_params(p["ways"], p["filters"], p["image_shape"],
+                       torch.Generator().manual_seed(0), device)
+  generator = torch.Generator(device=device).manual_seed(0)
   opt = torch.optim.Adam(params, lr=1e-3)
   make = make_step_loop if cell["impl"] == "torch-loop" else make_step_func
   step = make(cell["algo"], p, params, opt)
@@ -141,8 +152,12 @@ def run_cell(cell: dict) -> dict:
   for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
     if i == 1:
       memory.reset_peak()
+      if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
     t = time.perf_counter()
     step(generator)
+    _sync(device)
     times.append(time.perf_counter() - t)
   times = times[1:]
   median = float(np.median(times))
@@ -150,5 +165,10 @@ def run_cell(cell: dict) -> dict:
               median_s=median, min_s=float(np.min(times)), max_s=float(np.max(times)),
               n=len(times), compile_s=None,
               peak_rss_mb=memory.peak_rss_mb(), run_rss_mb=memory.hwm_mb(),
-              tasks_per_s=p["meta_batch"] / median, backend="cpu",
+              device_peak_mb=(torch.cuda.max_memory_allocated(device) / 2**20
+                              if device.type == "cuda" else None),
+              tasks_per_s=p["meta_batch"] / median, backend=device.type,
+              device=(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+              cudnn_tf32=torch.backends.cudnn.allow_tf32,
+              matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
               torch_version=torch.__version__, torch_threads=torch.get_num_threads())
