@@ -79,6 +79,10 @@ def run_cell(cell: dict) -> dict:
   trace_s = time.perf_counter() - t0
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0 - trace_s
+  # The device allocator's peak cannot be reset: its value here (the GPU
+  # autotuner's scratch buffers included) tells whether the final peak is the
+  # running step's or compilation's.
+  compile_device_peak_mb = _device_peak_mb()
   mem = compiled.memory_analysis()
   xla_temp_mb = None if mem is None else mem.temp_size_in_bytes / 2**20
   cost = compiled.cost_analysis()
@@ -101,7 +105,8 @@ def run_cell(cell: dict) -> dict:
       max_s=float(np.max(times)), n=len(times), trace_s=trace_s,
       compile_s=compile_s, peak_rss_mb=memory.peak_rss_mb(),
       run_rss_mb=memory.hwm_mb(),
-      device_peak_mb=_device_peak_mb(), xla_temp_mb=xla_temp_mb,
+      device_peak_mb=_device_peak_mb(), compile_device_peak_mb=compile_device_peak_mb,
+      xla_temp_mb=xla_temp_mb,
       xla_gflop=None if flops is None else flops / per_call / 1e9,
       tasks_per_s=meta_batch / median, loss=losses[-1],
       backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
