@@ -1,8 +1,9 @@
 """The PyTorch peers of the benchmark compute the same meta-gradients as metajax.
 
 The speed ratios of `python -m metajax.bench --suite peers` only mean something
-if both sides do the same arithmetic. Here the learn2learn-style loop
-(`torch-loop`, written independently in PyTorch) and metajax's `maml_loss`
+if both sides do the same arithmetic. Here each peer (the learn2learn-style
+loop `torch-loop` and `torch-func`, written independently in PyTorch) and
+metajax's `maml_loss`
 (im2col convolutions, max-pool before batch norm) get the same weights and the
 same episodes in float64, and their meta-gradients of one meta-step (second
 and first order, two inner steps, two tasks) must agree to rounding.
@@ -44,8 +45,9 @@ def _from_jax(grads):
   return out + [grads["head"]["kernel"].T, grads["head"]["bias"]]
 
 
+@pytest.mark.parametrize("make_step", ["make_step_loop", "make_step_func"])
 @pytest.mark.parametrize("algo", ["maml", "fomaml"])
-def test_loop_peer_meta_gradient_equals_metajax(algo):
+def test_peer_meta_gradient_equals_metajax(algo, make_step):
   torch.set_default_dtype(torch.float64)
   try:
     generator = torch.Generator().manual_seed(0)
@@ -71,7 +73,7 @@ def test_loop_peer_meta_gradient_equals_metajax(algo):
       def step(self):
         pass
 
-    torch_peers.make_step_loop(algo, p, params, KeepGrad())(
+    getattr(torch_peers, make_step)(algo, p, params, KeepGrad())(
         _ReplayGenerator(generator, ((xs, ys), (xq, yq))))
     peer = [q.grad.numpy() for q in params]
   finally:

@@ -9,6 +9,9 @@ Adam outer step as the metajax cells, written two ways:
               `.backward()` per task accumulating the meta-gradient.
   torch-func  torch.func: functional_call-free pure functions, `grad` inner
               steps, `vmap` over tasks, one `grad` for the meta-gradient.
+              Its batch norm is written out (`batch_norm_by_hand`): under
+              `vmap`, F.batch_norm's second derivative comes out wrong
+              (PyTorch 2.13.0; tests/test_torch_peers.py).
 
 Runs on CUDA when PyTorch sees a GPU (a cell's "device" overrides), timed with
 `torch.cuda.synchronize` and reporting `torch.cuda.max_memory_allocated`.
@@ -40,18 +43,37 @@ def init_params(ways, filters, image_shape, generator, device="cpu"):
   return [p.to(device).requires_grad_() for p in params]
 
 
-def forward(params, x_NxCxHxW):
+def batch_norm(h_NxCxHxW, scale_C, shift_C):
+  """Batch statistics, PyTorch's kernel (as nn.BatchNorm2d without running stats)."""
+  return F.batch_norm(h_NxCxHxW, None, None, scale_C, shift_C, training=True)
+
+
+def batch_norm_by_hand(h_NxCxHxW, scale_C, shift_C, eps=1e-5):
+  """The same batch norm written out. With `torch.func.vmap` over tasks, the
+  second derivative of F.batch_norm (the one second-order MAML takes through
+  the inner step) is wrong in PyTorch 2.13.0; this form's is right."""
+  mean = h_NxCxHxW.mean((0, 2, 3), keepdim=True)
+  var = h_NxCxHxW.var((0, 2, 3), unbiased=False, keepdim=True)
+  return ((h_NxCxHxW - mean) * torch.rsqrt(var + eps) * scale_C[:, None, None]
+          + shift_C[:, None, None])
+
+
+def forward(params, x_NxCxHxW, norm=batch_norm):
   h = x_NxCxHxW
   for i in range(4):
     w, b, scale, shift = params[4 * i:4 * i + 4]
     h = F.conv2d(h, w, b, padding=1)
-    h = F.batch_norm(h, None, None, scale, shift, training=True)
+    h = norm(h, scale, shift)
     h = F.max_pool2d(F.relu(h), 2)
   return F.linear(h.flatten(1), params[-2], params[-1])
 
 
-def _loss(params, x, y):
-  return F.cross_entropy(forward(params, x), y)
+def _loss(params, x, y, norm=batch_norm):
+  return F.cross_entropy(forward(params, x, norm), y)
+
+
+def _loss_by_hand(params, x, y):
+  return _loss(params, x, y, norm=batch_norm_by_hand)
 
 
 def _adapt_loop(params, xs, ys, steps, lr, create_graph):
@@ -111,11 +133,11 @@ def make_step_func(algo, p, params, opt):
   def task_loss(theta, xs, ys, xq, yq):
     phi = theta
     for _ in range(steps):
-      g = grad(_loss)(phi, xs, ys)
+      g = grad(_loss_by_hand)(phi, xs, ys)
       if algo == "fomaml":
         g = [gi.detach() for gi in g]
       phi = [a - lr * b for a, b in zip(phi, g)]
-    return _loss(phi, xq, yq)
+    return _loss_by_hand(phi, xq, yq)
 
   def meta_loss(theta, xs, ys, xq, yq):
     return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(theta, xs, ys, xq, yq).mean()
