@@ -9,9 +9,11 @@ Adam outer step as the metajax cells, written two ways:
               `.backward()` per task accumulating the meta-gradient.
   torch-func  torch.func: functional_call-free pure functions, `grad` inner
               steps, `vmap` over tasks, one `grad` for the meta-gradient.
-              Its batch norm is written out (`batch_norm_by_hand`): under
-              `vmap`, F.batch_norm's second derivative comes out wrong
-              (PyTorch 2.13.0; tests/test_torch_peers.py).
+              For second order its batch norm is written out
+              (`batch_norm_by_hand`): under `vmap`, F.batch_norm's second
+              derivative comes out wrong (PyTorch 2.13.0;
+              tests/test_torch_peers.py). First order takes no second
+              derivative and keeps PyTorch's kernel.
 
 Runs on CUDA when PyTorch sees a GPU (a cell's "device" overrides), timed with
 `torch.cuda.synchronize` and reporting `torch.cuda.max_memory_allocated`.
@@ -130,14 +132,16 @@ def make_step_func(algo, p, params, opt):
   if algo != "maml" and algo != "fomaml":
     raise ValueError(f"torch-func peer implements maml and fomaml, not {algo!r}")
 
+  loss = _loss if algo == "fomaml" else _loss_by_hand
+
   def task_loss(theta, xs, ys, xq, yq):
     phi = theta
     for _ in range(steps):
-      g = grad(_loss_by_hand)(phi, xs, ys)
+      g = grad(loss)(phi, xs, ys)
       if algo == "fomaml":
         g = [gi.detach() for gi in g]
       phi = [a - lr * b for a, b in zip(phi, g)]
-    return _loss_by_hand(phi, xq, yq)
+    return loss(phi, xq, yq)
 
   def meta_loss(theta, xs, ys, xq, yq):
     return vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(theta, xs, ys, xq, yq).mean()
