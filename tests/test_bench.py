@@ -30,6 +30,14 @@ def test_table_ratio_is_metajax_over_peer():
              peak_rss_mb=1.0, tasks_per_s=1.0)
   rows = [dict(row, impl="metajax"), dict(row, impl="torch-loop", median_s=4.0)]
   assert "| 0.25 |" in table(rows)
+  # Same device in each framework's words: JAX "gpu", PyTorch "cuda".
+  rows = [dict(row, impl="metajax", backend="gpu"),
+          dict(row, impl="torch-loop", median_s=4.0, backend="cuda")]
+  assert "| 0.25 |" in table(rows)
+  # No ratio between a JAX cell on the CPU and a PyTorch cell on a GPU.
+  rows = [dict(row, impl="metajax", backend="cpu"),
+          dict(row, impl="torch-loop", median_s=4.0, backend="cuda")]
+  assert "| 0.25 |" not in table(rows) and "| – | – |" in table(rows)
 
 
 def test_auto_resolution_and_bad_chunk():

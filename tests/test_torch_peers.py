@@ -3,11 +3,10 @@
 The speed ratios of `python -m metajax.bench --suite peers` only mean something
 if both sides do the same arithmetic. Here each peer (the learn2learn-style
 loop `torch-loop` and `torch-func`, written independently in PyTorch) and
-metajax's `maml_loss`
-(im2col convolutions, max-pool before batch norm) get the same weights and the
-same episodes in float64, and their meta-gradients of one meta-step (second
-and first order, two inner steps, two tasks) must agree to rounding.
-Needs the `bench` extra (PyTorch); skipped where it is not installed.
+metajax's `maml_loss` (im2col convolutions, max-pool before batch norm) get the
+same weights and the same episodes in float64, and their meta-gradients of one
+meta-step (second and first order, two inner steps, two tasks) must agree to
+rounding. Needs the `bench` extra (PyTorch); skipped where it is not installed.
 """
 
 import jax
@@ -45,9 +44,22 @@ def _from_jax(grads):
   return out + [grads["head"]["kernel"].T, grads["head"]["bias"]]
 
 
-@pytest.mark.parametrize("make_step", ["make_step_loop", "make_step_func"])
-@pytest.mark.parametrize("algo", ["maml", "fomaml"])
-def test_peer_meta_gradient_equals_metajax(algo, make_step):
+# F.batch_norm (batch statistics) under torch.func.vmap: its second derivative
+# came out wrong with PyTorch 2.13.0, which is why the second-order torch-func
+# peer writes the batch norm out. Not strict: a PyTorch that fixes it passes.
+_PYTORCH_KERNEL_UNDER_VMAP = pytest.param(
+    "maml", "make_step_func", True, id="maml-make_step_func-F.batch_norm",
+    marks=pytest.mark.xfail(strict=False, reason="F.batch_norm's second derivative "
+                            "under torch.func.vmap was wrong in PyTorch 2.13.0"))
+
+
+@pytest.mark.parametrize("algo,make_step,pytorch_kernel", [
+    ("maml", "make_step_loop", False), ("fomaml", "make_step_loop", False),
+    ("maml", "make_step_func", False), ("fomaml", "make_step_func", False),
+    _PYTORCH_KERNEL_UNDER_VMAP])
+def test_peer_meta_gradient_equals_metajax(algo, make_step, pytorch_kernel, monkeypatch):
+  if pytorch_kernel:
+    monkeypatch.setattr(torch_peers, "batch_norm_by_hand", torch_peers.batch_norm)
   torch.set_default_dtype(torch.float64)
   try:
     generator = torch.Generator().manual_seed(0)
@@ -117,3 +129,21 @@ def _replay_episodes(monkeypatch):
   real = torch_peers._episodes
   monkeypatch.setattr(torch_peers, "_episodes",
                       lambda p, g: g.episodes if isinstance(g, _ReplayGenerator) else real(p, g))
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="PyTorch sees no GPU"))])
+@pytest.mark.parametrize("impl,algo", [("torch-loop", "maml"), ("torch-loop", "reptile"),
+                                       ("torch-func", "maml"), ("torch-func", "fomaml")])
+def test_run_cell_reports_a_timed_step(impl, algo, device, monkeypatch):
+  monkeypatch.setitem(torch_peers.PRESETS, "tiny", dict(
+      ways=2, shots=1, queries=2, meta_batch=2, steps=1, inner_lr=0.1, filters=4,
+      image_shape=(16, 16, 1)))  # 16 -> 8 -> 4 -> 2 -> 1
+  r = torch_peers.run_cell({"impl": impl, "preset": "tiny", "algo": algo, "iters": 2,
+                            "device": device})
+  assert r["backend"] == device and r["n"] == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+  assert r["median_s"] > 0 and r["peak_rss_mb"] > 50
+  assert (r["device_peak_mb"] is None) == (device == "cpu")
+  if device == "cuda":
+    assert r["device_peak_mb"] > 0

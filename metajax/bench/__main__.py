@@ -39,6 +39,14 @@ from metajax.bench.presets import ALGORITHMS
 IMAGE_PRESETS = ("omni_5w1s", "omni_20w1s", "mini_5w1s")
 
 
+def _jax_backend() -> str:
+  """JAX's default backend, asked in a child process: starting JAX here would
+  hold an accelerator's memory (it preallocates) while the cells run."""
+  p = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                     capture_output=True, text=True, check=True)
+  return p.stdout.strip().splitlines()[-1]
+
+
 def suite_cells(suite: str, peers: bool):
   cells = []
   if suite == "paper":
@@ -67,10 +75,9 @@ def suite_cells(suite: str, peers: bool):
   elif suite == "strategies":
     # The literal vmap over tasks (grouped convolutions on CPU) took 121 s per
     # step in the peer baselines; it is in the suite only off-CPU.
-    import jax
     choices = [("scan", 1, "im2col"), ("scan", 1, "hybrid"), ("scan", 1, "xla"),
                ("scan", 4, "im2col"), ("unroll", 1, "im2col")]
-    if jax.default_backend() != "cpu":
+    if _jax_backend() != "cpu":
       choices += [("vmap", None, "xla"), ("vmap", None, "im2col")]
     for batching, chunk, conv in choices:
       cells.append({"impl": "metajax", "preset": "omni_5w1s", "algo": "maml",
@@ -113,7 +120,10 @@ def table(rows) -> str:
          "vs torch-loop | vs torch-func |",
          "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   def key(r):
-    return (r["preset"], r["algo"], r.get("steps"), bool(r.get("remat")))
+    # The backend too: a ratio only between cells on the same kind of device
+    # (PyTorch says "cuda" where JAX says "gpu").
+    backend = {"cuda": "gpu"}.get(r.get("backend"), r.get("backend"))
+    return (r["preset"], r["algo"], r.get("steps"), bool(r.get("remat")), backend)
   peer = {(key(r), r["impl"]): r for r in rows if "error" not in r}
   for r in rows:
     if "error" in r:

@@ -170,7 +170,7 @@ def run_cell(cell: dict) -> dict:
   device = torch.device(cell.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
   params = init_params(p["ways"], p["filters"], p["image_shape"],
                        torch.Generator().manual_seed(0), device)
-  generator = torch.Generator(device=device).manual_seed(0)
+  generator = torch.Generator(device=device).manual_seed(1)  # episodes: not the weights' stream
   opt = torch.optim.Adam(params, lr=1e-3)
   make = make_step_loop if cell["impl"] == "torch-loop" else make_step_func
   step = make(cell["algo"], p, params, opt)
