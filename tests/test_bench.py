@@ -67,3 +67,20 @@ def test_soak_refuses_arguments_it_would_drop(argv, message, capsys):
     soak.main(argv + ["--workdir", "/nonexistent/never_deleted"])
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc (Linux)")
+def test_whole_peak_survives_the_reset_that_starts_the_run_peak():
+  # Resetting the kernel's high-water mark also resets getrusage's ru_maxrss:
+  # a 300 MB buffer touched before the reset must still count in the whole
+  # process's peak, and not in the run's.
+  import numpy as np
+  from metajax.bench import memory
+  base = memory.hwm_mb()
+  buf = np.ones(300 * 2**20 // 8)  # touched: resident
+  del buf
+  before = memory.reset_peak()
+  assert before >= base + 250
+  assert memory.run_mb() < before - 200
+  assert memory.whole_peak_mb(before) >= base + 250
+  assert memory.peak_rss_mb() < before - 200  # what the old code read at the end

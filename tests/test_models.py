@@ -158,6 +158,20 @@ def test_hybrid_conv_takes_no_xla_kernel_gradient_at_any_order():
   chex.assert_trees_all_close(second("hybrid")(x, k), second("xla")(x, k), rtol=1e-4, atol=1e-5)
 
 
+def test_init_params_equals_flax_init_run_op_by_op():
+  # init_params is jitted (op by op leaves compiled kernels resident); the
+  # values must be those of flax's init called eagerly, as before, bit for bit.
+  from metajax.config import sinusoid_base
+  from metajax.tasks import sinusoid
+  key = jax.random.PRNGKey(7)
+  conv = Problem(ways=5, filters=8, image_shape=(28, 28, 1))
+  sine = sinusoid.Problem(sinusoid_base())
+  for problem, x in ((conv, jnp.zeros((2, 28, 28, 1))), (sine, jnp.zeros((1, 1)))):
+    want = problem.model.init(key, x)["params"]
+    got = problem.init_params(key)
+    chex.assert_trees_all_equal(got, want)
+
+
 def test_conv4_shapes_and_per_step_bn():
   for shape, filters in (((28, 28, 1), 64), ((84, 84, 3), 32)):
     model = Conv4(ways=5, filters=filters)  # shapes only: eval_shape computes nothing

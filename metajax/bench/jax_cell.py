@@ -93,7 +93,7 @@ def run_cell(cell: dict) -> dict:
   times, losses = [], []
   for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
     if i == 1:
-      memory.reset_peak()  # from here: the memory of running, not compiling
+      peak_before = memory.reset_peak()  # from here: the memory of running, not compiling
     t = time.perf_counter()
     state, metrics = compiled(state)
     losses.append(float(np.asarray(metrics["loss"])[-1]))
@@ -103,8 +103,8 @@ def run_cell(cell: dict) -> dict:
   return dict(
       impl="metajax", **info, median_s=median, min_s=float(np.min(times)),
       max_s=float(np.max(times)), n=len(times), trace_s=trace_s,
-      compile_s=compile_s, peak_rss_mb=memory.peak_rss_mb(),
-      run_rss_mb=memory.hwm_mb(),
+      compile_s=compile_s, peak_rss_mb=memory.whole_peak_mb(peak_before),
+      run_rss_mb=memory.run_mb(),
       device_peak_mb=_device_peak_mb(), compile_device_peak_mb=compile_device_peak_mb,
       xla_temp_mb=xla_temp_mb,
       xla_gflop=None if flops is None else flops / per_call / 1e9,

@@ -177,7 +177,7 @@ def run_cell(cell: dict) -> dict:
   times = []
   for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
     if i == 1:
-      memory.reset_peak()
+      peak_before = memory.reset_peak()
       if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
@@ -190,7 +190,7 @@ def run_cell(cell: dict) -> dict:
   return dict(impl=cell["impl"], steps=p["steps"], meta_batch=p["meta_batch"],
               median_s=median, min_s=float(np.min(times)), max_s=float(np.max(times)),
               n=len(times), compile_s=None,
-              peak_rss_mb=memory.peak_rss_mb(), run_rss_mb=memory.hwm_mb(),
+              peak_rss_mb=memory.whole_peak_mb(peak_before), run_rss_mb=memory.run_mb(),
               device_peak_mb=(torch.cuda.max_memory_allocated(device) / 2**20
                               if device.type == "cuda" else None),
               tasks_per_s=p["meta_batch"] / median, backend=device.type,

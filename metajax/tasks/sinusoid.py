@@ -47,7 +47,8 @@ class Problem:
     self.model = MLP(hidden=tuple(config.hidden), out=1)
 
   def init_params(self, key):
-    return self.model.init(key, jnp.zeros((1, 1)))["params"]
+    # Jitted, as Conv4's (metajax.tasks.fewshot): op by op leaves compiled kernels resident.
+    return jax.jit(lambda k: self.model.init(k, jnp.zeros((1, 1))))(key)["params"]
 
   def predict(self, params, x_Nx1):
     return self.model.apply({"params": params}, x_Nx1)
