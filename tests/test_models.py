@@ -292,3 +292,31 @@ def _with(config, **changes):
   c = config.copy_and_resolve_references()
   c.update(changes)
   return c
+
+
+def test_meta_step_at_llvm_o1_matches_the_default_compile(monkeypatch):
+  # make_train_chunk compiles at LLVM -O1 on CPU (metajax.step.compiler_options):
+  # two second-order conv-4 meta-steps must match XLA's default compile.
+  import optax
+  from metajax import step as step_lib
+  assert step_lib.compiler_options("gpu") is None
+  assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
+  assert step_lib.compiler_options("cpu") is None  # the user's level wins
+  monkeypatch.delenv("XLA_FLAGS")
+
+  problem = Problem(ways=3, filters=8, image_shape=(16, 16, 1), conv_impl="im2col")
+  sample = lambda key: synthetic_tasks(key, meta_batch=2, ways=3, shots=1, queries=2,
+                                       image_shape=(16, 16, 1))
+  algo = Algorithm.named("maml", steps=1, inner_lr=0.4, batching="scan", task_chunk=1)
+  # SGD, not Adam: the conv biases before batch norm have zero meta-gradient up
+  # to rounding, which Adam would blow up to full-size steps of random sign.
+  optimizer = optax.sgd(0.5)
+  step = step_lib.make_meta_step(algo, problem.loss_fn, sample, optimizer)
+  init = lambda: step_lib.init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
+                                     optimizer, jax.random.PRNGKey(1))
+  got_state, got = step_lib.make_train_chunk(step, 2)(init())
+  monkeypatch.setattr(step_lib, "compiler_options", lambda backend=None: None)
+  want_state, want = step_lib.make_train_chunk(step, 2)(init())
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  chex.assert_trees_all_close(got_state.params, want_state.params, rtol=1e-5, atol=1e-5)
