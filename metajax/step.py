@@ -132,15 +132,20 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
 
 
 def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
-  """XLA options for the meta-step program: on CPU, LLVM at -O1 instead of -O2.
+  """XLA options for compiling the meta-step program: on CPU, LLVM at -O1.
 
-  The step's time is in library matmuls, not in LLVM's code, so -O1 compiles
-  the conv-4 steps 25-40% faster for the same step time (docs/RESULTS.md,
-  "LLVM at -O1 on CPU"); -O0 made the step 10x slower. A level already given
-  in XLA_FLAGS wins.
+  Pass them to `.lower(...).compile(compiler_options())` (metajax.loop does);
+  not to `jax.jit`, which would refuse a jit carrying them inside another jit.
+  In an alternating A/B on the conv-4 steps -O1 compiled in 58-90% of the
+  default's time with no step-time change beyond run-to-run noise, and -O0 ran
+  ~11x slower (docs/RESULTS.md, "LLVM at -O1"). None (XLA's defaults) off CPU,
+  where XLA_FLAGS already sets a level, and under JAX_DISABLE_MOST_OPTIMIZATIONS
+  (these options would override its -O0).
   """
   backend = backend or jax.default_backend()
-  if backend != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+  if (backend != "cpu"
+      or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+      or jax.config.values.get("jax_disable_most_optimizations")):
     return None
   return {"xla_backend_optimization_level": 1}
 
@@ -150,7 +155,8 @@ def make_train_chunk(meta_step, steps_per_call: int):
   in a scan. The state is donated; `data` (the split on device) is not.
 
   Step t draws its tasks with `fold_in(state.key, t)`, so a run is a pure
-  function of the seed however it is chunked. Compiled with `compiler_options()`.
+  function of the seed however it is chunked. Compile it with
+  `.lower(state, data).compile(compiler_options())` for CPU's -O1.
   """
 
   def chunk(state: TrainState, data=None):
@@ -158,4 +164,4 @@ def make_train_chunk(meta_step, steps_per_call: int):
       return meta_step(state, jax.random.fold_in(state.key, state.step), data)
     return jax.lax.scan(body, state, None, length=steps_per_call)
 
-  return jax.jit(chunk, donate_argnums=0, compiler_options=compiler_options())
+  return jax.jit(chunk, donate_argnums=0)

@@ -69,18 +69,37 @@ def test_soak_refuses_arguments_it_would_drop(argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
+_PEAK_PROBE = """
+import json, numpy as np
+from metajax.bench import memory
+base = memory.hwm_mb()
+buf = np.ones(300 * 2**20 // 8)  # touched: resident
+del buf
+mark = memory.reset_peak()
+print(json.dumps(dict(base=base, mark=mark, run=memory.run_mb(mark),
+                      whole=memory.whole_peak_mb(mark))))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc (Linux)")
 def test_whole_peak_survives_the_reset_that_starts_the_run_peak():
-  # Resetting the kernel's high-water mark also resets getrusage's ru_maxrss:
-  # a 300 MB buffer touched before the reset must still count in the whole
-  # process's peak, and not in the run's.
-  import numpy as np
-  from metajax.bench import memory
-  base = memory.hwm_mb()
-  buf = np.ones(300 * 2**20 // 8)  # touched: resident
-  del buf
-  before = memory.reset_peak()
-  assert before >= base + 250
-  assert memory.run_mb() < before - 200
-  assert memory.whole_peak_mb(before) >= base + 250
-  assert memory.peak_rss_mb() < before - 200  # what the old code read at the end
+  # Resetting the kernel's high-water mark (which also resets getrusage's
+  # ru_maxrss, what the cells used to read at the end) must not lose the peak:
+  # a 300 MB buffer touched before the reset counts in the whole process's
+  # peak, and not in the run's. A fresh process, so that no earlier
+  # test's peak hides the buffer's.
+  p = subprocess.run([sys.executable, "-c", _PEAK_PROBE], capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == 0, p.stderr
+  r = json.loads(p.stdout.strip().splitlines()[-1])
+  before, reset = r["mark"]
+  assert reset
+  assert before >= r["base"] + 250
+  assert r["run"] < before - 200
+  assert r["whole"] >= r["base"] + 250
+
+
+def test_cells_refuse_zero_timed_steps():
+  from metajax.bench.jax_cell import run_cell
+  with pytest.raises(ValueError, match="iters must be >= 1.*got 0"):
+    run_cell({"preset": "sine", "algo": "maml", "iters": 0})

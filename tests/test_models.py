@@ -158,6 +158,7 @@ def test_hybrid_conv_takes_no_xla_kernel_gradient_at_any_order():
   chex.assert_trees_all_close(second("hybrid")(x, k), second("xla")(x, k), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.xla_optimized  # as in real runs, where XLA's passes are on
 def test_init_params_equals_flax_init_run_op_by_op():
   # init_params is jitted (op by op leaves compiled kernels resident); the
   # values must be those of flax's init called eagerly, as before, bit for bit.
@@ -294,18 +295,28 @@ def _with(config, **changes):
   return c
 
 
+@pytest.mark.xla_optimized  # the reference is XLA's default compile, passes on
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="-O1 is CPU's option")
 def test_meta_step_at_llvm_o1_matches_the_default_compile(monkeypatch):
-  # make_train_chunk compiles at LLVM -O1 on CPU (metajax.step.compiler_options):
+  # Training compiles the meta-step with compiler_options() (LLVM -O1 on CPU):
   # two second-order conv-4 meta-steps must match XLA's default compile.
   import optax
   from metajax import step as step_lib
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert step_lib.compiler_options("gpu") is None
   assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
   assert step_lib.compiler_options("cpu") is None  # the user's level wins
   monkeypatch.delenv("XLA_FLAGS")
+  flag = "jax_disable_most_optimizations"
+  was = jax.config.values.get(flag)
+  jax.config.update(flag, True)
+  try:
+    assert step_lib.compiler_options("cpu") is None  # would override its -O0
+  finally:
+    jax.config.update(flag, was)
 
-  problem = Problem(ways=3, filters=8, image_shape=(16, 16, 1), conv_impl="im2col")
+  problem = Problem(ways=3, filters=4, image_shape=(16, 16, 1), conv_impl="im2col")
   sample = lambda key: synthetic_tasks(key, meta_batch=2, ways=3, shots=1, queries=2,
                                        image_shape=(16, 16, 1))
   algo = Algorithm.named("maml", steps=1, inner_lr=0.4, batching="scan", task_chunk=1)
@@ -313,10 +324,12 @@ def test_meta_step_at_llvm_o1_matches_the_default_compile(monkeypatch):
   # to rounding, which Adam would blow up to full-size steps of random sign.
   optimizer = optax.sgd(0.5)
   step = step_lib.make_meta_step(algo, problem.loss_fn, sample, optimizer)
-  init = lambda: step_lib.init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
-                                     optimizer, jax.random.PRNGKey(1))
-  got_state, got = step_lib.make_train_chunk(step, 2)(init())
-  monkeypatch.setattr(step_lib, "compiler_options", lambda backend=None: None)
-  want_state, want = step_lib.make_train_chunk(step, 2)(init())
+  state0 = step_lib.init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
+                               optimizer, jax.random.PRNGKey(1))
+  init = lambda: jax.tree.map(jnp.copy, state0)  # the chunk donates its state
+  chunk = step_lib.make_train_chunk(step, 2)
+  lowered = chunk.lower(init())
+  got_state, got = lowered.compile(step_lib.compiler_options())(init())
+  want_state, want = lowered.compile()(init())
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
   chex.assert_trees_all_close(got_state.params, want_state.params, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -11,7 +12,7 @@ from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.bench import memory
 from metajax.bench.presets import PRESETS
-from metajax.step import init_state, make_meta_step, make_train_chunk
+from metajax.step import compiler_options, init_state, make_meta_step, make_train_chunk
 
 
 def _device_peak_mb():
@@ -52,6 +53,9 @@ def _sine_setup(cell):
 def run_cell(cell: dict) -> dict:
   """cell: {"preset", "algo", optional "steps", "remat", "batching", "chunk",
   "conv", "iters", "steps_per_call", "features_once" (ANIL)}. Returns timings (s) and memory (MiB)."""
+  iters = int(cell.get("iters", 5))
+  if iters < 1:
+    raise ValueError(f"iters must be >= 1 (timed meta-steps after the warm-up), got {iters}")
   import optax
 
   if cell["preset"] == "sine":
@@ -77,7 +81,8 @@ def run_cell(cell: dict) -> dict:
   t0 = time.perf_counter()
   lowered = make_train_chunk(meta_step, per_call).lower(state)
   trace_s = time.perf_counter() - t0
-  compiled = lowered.compile()
+  options = compiler_options()
+  compiled = lowered.compile(options)
   compile_s = time.perf_counter() - t0 - trace_s
   # The device allocator's peak cannot be reset: its value here (the GPU
   # autotuner's scratch buffers included) tells whether the final peak is the
@@ -91,9 +96,9 @@ def run_cell(cell: dict) -> dict:
   flops = None if not cost else cost.get("flops")
 
   times, losses = [], []
-  for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
+  for i in range(iters + 1):  # the first is a warm-up
     if i == 1:
-      peak_before = memory.reset_peak()  # from here: the memory of running, not compiling
+      mark = memory.reset_peak()  # from here: the memory of running, not compiling
     t = time.perf_counter()
     state, metrics = compiled(state)
     losses.append(float(np.asarray(metrics["loss"])[-1]))
@@ -103,12 +108,13 @@ def run_cell(cell: dict) -> dict:
   return dict(
       impl="metajax", **info, median_s=median, min_s=float(np.min(times)),
       max_s=float(np.max(times)), n=len(times), trace_s=trace_s,
-      compile_s=compile_s, peak_rss_mb=memory.whole_peak_mb(peak_before),
-      run_rss_mb=memory.run_mb(),
+      compile_s=compile_s, peak_rss_mb=memory.whole_peak_mb(mark),
+      run_rss_mb=memory.run_mb(mark),
       device_peak_mb=_device_peak_mb(), compile_device_peak_mb=compile_device_peak_mb,
       xla_temp_mb=xla_temp_mb,
       xla_gflop=None if flops is None else flops / per_call / 1e9,
       tasks_per_s=meta_batch / median, loss=losses[-1],
       backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
-      jax_version=jax.__version__)
+      jax_version=jax.__version__, compiler_options=options,
+      xla_flags=os.environ.get("XLA_FLAGS", ""))
 

@@ -1,10 +1,11 @@
 """Process memory for benchmark cells (Linux /proc; getrusage elsewhere).
 
-A cell calls `reset_peak` after its warm-up step and keeps what it returns:
-`run_mb` is then the peak while stepping, `whole_peak_mb(before)` the peak of
-the whole process (compilation and warm-up included). Resetting the kernel's
-high-water mark also resets getrusage's ru_maxrss, so the whole-process peak
-must be read before the reset, not at the end.
+A cell calls `mark = reset_peak()` after its warm-up step: `run_mb(mark)` is
+then the peak while stepping, `whole_peak_mb(mark)` the peak of the whole
+process (compilation and warm-up included). On Linux both come from VmHWM,
+this process's own high-water mark: getrusage's ru_maxrss is reset along with it
+and also keeps, as a floor, the RSS of the process that started this one (at
+exec), so it is used only where /proc is missing.
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ from __future__ import annotations
 import ctypes
 import resource
 import sys
+from typing import NamedTuple, Optional
+
+
+class Mark(NamedTuple):
+  before_mb: float   # peak resident set up to the reset
+  reset: bool        # whether the kernel's high-water mark was reset
 
 
 def peak_rss_mb() -> float:
-  """getrusage's peak resident set (since start, or since the last `reset_peak` on Linux)."""
+  """getrusage's peak resident set (on Linux: reset by `reset_peak`, floored at the parent's)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes there, KiB on Linux
 
 
-def hwm_mb():
+def hwm_mb() -> Optional[float]:
   """VmHWM (MiB): peak resident set since the last `reset_peak` (or process start)."""
   try:
     with open("/proc/self/status") as f:
@@ -32,14 +39,15 @@ def hwm_mb():
   return None
 
 
-def reset_peak():
+def reset_peak() -> Mark:
   """Resets the kernel's high-water mark so `run_mb` measures from now.
 
-  Returns the peak so far (MiB), which the reset erases. Freed heap (e.g. the
+  Returns the peak so far, which the reset erases. Freed heap (e.g. the
   compiler's) is first returned to the OS with glibc's malloc_trim, so the mark
   starts at what the process really holds.
   """
-  before = max(peak_rss_mb(), hwm_mb() or 0.0)
+  hwm = hwm_mb()
+  before = peak_rss_mb() if hwm is None else hwm
   try:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
@@ -47,16 +55,18 @@ def reset_peak():
   try:
     with open("/proc/self/clear_refs", "w") as f:
       f.write("5")
+    reset = True
   except OSError:
-    pass
-  return before
+    reset = False
+  return Mark(before, reset)
 
 
-def run_mb():
-  """Peak resident set (MiB) since the last `reset_peak`; None where it cannot be reset."""
-  return hwm_mb()
+def run_mb(mark: Mark) -> Optional[float]:
+  """Peak resident set (MiB) since `mark`; None where the mark could not be reset."""
+  return hwm_mb() if mark.reset else None
 
 
-def whole_peak_mb(before) -> float:
-  """Peak resident set of the whole process: `before` (from `reset_peak`) or any later one."""
-  return max(before or 0.0, peak_rss_mb(), hwm_mb() or 0.0)
+def whole_peak_mb(mark: Mark) -> float:
+  """Peak resident set (MiB) of the whole process: before `mark` or any later one."""
+  hwm = hwm_mb()
+  return max(mark.before_mb, peak_rss_mb() if hwm is None else hwm)

@@ -163,6 +163,9 @@ def _sync(device):
 
 
 def run_cell(cell: dict) -> dict:
+  iters = int(cell.get("iters", 5))
+  if iters < 1:
+    raise ValueError(f"iters must be >= 1 (timed meta-steps after the warm-up), got {iters}")
   torch.manual_seed(0)
   p = dict(PRESETS[cell["preset"]])
   if cell.get("steps"):
@@ -175,9 +178,9 @@ def run_cell(cell: dict) -> dict:
   make = make_step_loop if cell["impl"] == "torch-loop" else make_step_func
   step = make(cell["algo"], p, params, opt)
   times = []
-  for i in range(int(cell.get("iters", 5)) + 1):  # the first is a warm-up
+  for i in range(iters + 1):  # the first is a warm-up
     if i == 1:
-      peak_before = memory.reset_peak()
+      mark = memory.reset_peak()
       if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
@@ -190,7 +193,7 @@ def run_cell(cell: dict) -> dict:
   return dict(impl=cell["impl"], steps=p["steps"], meta_batch=p["meta_batch"],
               median_s=median, min_s=float(np.min(times)), max_s=float(np.max(times)),
               n=len(times), compile_s=None,
-              peak_rss_mb=memory.whole_peak_mb(peak_before), run_rss_mb=memory.run_mb(),
+              peak_rss_mb=memory.whole_peak_mb(mark), run_rss_mb=memory.run_mb(mark),
               device_peak_mb=(torch.cuda.max_memory_allocated(device) / 2**20
                               if device.type == "cuda" else None),
               tasks_per_s=p["meta_batch"] / median, backend=device.type,
