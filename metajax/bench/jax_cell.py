@@ -11,7 +11,7 @@ import numpy as np
 from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.bench import memory
-from metajax.bench.presets import PRESETS
+from metajax.bench.presets import PRESETS, timed_iters
 from metajax.step import compiler_options, init_state, make_meta_step, make_train_chunk
 
 
@@ -53,9 +53,7 @@ def _sine_setup(cell):
 def run_cell(cell: dict) -> dict:
   """cell: {"preset", "algo", optional "steps", "remat", "batching", "chunk",
   "conv", "iters", "steps_per_call", "features_once" (ANIL)}. Returns timings (s) and memory (MiB)."""
-  iters = int(cell.get("iters", 5))
-  if iters < 1:
-    raise ValueError(f"iters must be >= 1 (timed meta-steps after the warm-up), got {iters}")
+  iters = timed_iters(cell)
   import optax
 
   if cell["preset"] == "sine":

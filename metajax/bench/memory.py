@@ -39,6 +39,12 @@ def hwm_mb() -> Optional[float]:
   return None
 
 
+def _peak_mb() -> float:
+  """Peak resident set (MiB) since the last reset: VmHWM, or getrusage without /proc."""
+  hwm = hwm_mb()
+  return peak_rss_mb() if hwm is None else hwm
+
+
 def reset_peak() -> Mark:
   """Resets the kernel's high-water mark so `run_mb` measures from now.
 
@@ -46,8 +52,7 @@ def reset_peak() -> Mark:
   compiler's) is first returned to the OS with glibc's malloc_trim, so the mark
   starts at what the process really holds.
   """
-  hwm = hwm_mb()
-  before = peak_rss_mb() if hwm is None else hwm
+  before = _peak_mb()
   try:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
@@ -68,5 +73,4 @@ def run_mb(mark: Mark) -> Optional[float]:
 
 def whole_peak_mb(mark: Mark) -> float:
   """Peak resident set (MiB) of the whole process: before `mark` or any later one."""
-  hwm = hwm_mb()
-  return max(mark.before_mb, peak_rss_mb() if hwm is None else hwm)
+  return max(mark.before_mb, _peak_mb())

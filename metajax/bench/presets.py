@@ -22,3 +22,11 @@ PRESETS = {
 }
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil")
+
+
+def timed_iters(cell: dict) -> int:
+  """A cell's timed meta-steps after its warm-up ("iters", default 5; at least 1)."""
+  iters = int(cell.get("iters", 5))
+  if iters < 1:
+    raise ValueError(f"iters must be >= 1 (timed meta-steps after the warm-up), got {iters}")
+  return iters

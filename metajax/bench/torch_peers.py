@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from metajax.bench import memory
-from metajax.bench.presets import PRESETS
+from metajax.bench.presets import PRESETS, timed_iters
 
 
 def init_params(ways, filters, image_shape, generator, device="cpu"):
@@ -163,9 +163,7 @@ def _sync(device):
 
 
 def run_cell(cell: dict) -> dict:
-  iters = int(cell.get("iters", 5))
-  if iters < 1:
-    raise ValueError(f"iters must be >= 1 (timed meta-steps after the warm-up), got {iters}")
+  iters = timed_iters(cell)
   torch.manual_seed(0)
   p = dict(PRESETS[cell["preset"]])
   if cell.get("steps"):
