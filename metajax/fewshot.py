@@ -74,7 +74,8 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
   per-step query passes it skips cost more than the adaptation itself).
 
   Episode batch b uses key fold_in(PRNGKey(eval_seed), b): the episodes depend
-  only on the seed, the split and N/K/Q, never on the model or the run.
+  only on the seed, the split, N/K/Q and eval_batch (the episodes per key),
+  never on the model, the algorithm or the run.
   """
   lr = None if config.eval_inner_lr < 0 else config.eval_inner_lr
 

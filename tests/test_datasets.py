@@ -275,6 +275,37 @@ def test_omniglot_missing_input_offline_names_folder_and_files(tmp_path, offline
     prepare("omniglot", data_dir=tmp_path / "tfds")
 
 
+def test_omniglot_downloads_the_official_zips_when_online(tmp_path, monkeypatch):
+  """No manual input, online: the builder asks tfds's download manager for the
+  two official zips (served here from local files) and prepares from them."""
+  chars = write_omniglot(tmp_path / "served", drawings=2)
+  asked = []
+
+  def download(self, urls):
+    asked.append(dict(urls))
+    return {part: tmp_path / "served" / os.path.basename(url) for part, url in urls.items()}
+
+  monkeypatch.setattr(omniglot, "_online", lambda *a, **k: True)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", download)
+  x = load_split("omniglot", "test", config=TINY_MAML, data_dir=tmp_path / "tfds",
+                 manual_dir=tmp_path / "empty")
+  assert asked == [{
+      "images_background":
+          "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip",
+      "images_evaluation":
+          "https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip"}]
+  assert len(chars) == 6 and x.shape == (4 * 2, 2, 28, 28, 1)  # 2 test characters
+  assert (x[:, 0] == 255).all() and (x[:, 1] == 0).all()  # drawing 01 all ink, 02 blank
+
+  def failing(self, urls):
+    raise OSError("connection reset")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", failing)
+  with pytest.raises(DataError, match="images_background.zip.*failed: connection reset"):
+    prepare("omniglot", config=TINY_MAML, data_dir=tmp_path / "tfds2")
+  _assert_nothing_prepared("omniglot", tmp_path / "tfds2", TINY_MAML)
+
+
 def test_omniglot_one_archive_missing(tmp_path, offline):
   write_omniglot(tmp_path / "raw", drawings=1, parts=("images_background",))
   with pytest.raises(DataError, match="images_evaluation"):
@@ -292,13 +323,32 @@ def test_mini_imagenet_missing_input_names_folder_and_files(tmp_path):
     assert expected in msg
 
 
-def test_truncated_tar_gz_names_the_archive(tmp_path):
-  write_omniglot(tmp_path / "raw", form="tar.gz", drawings=3)
-  path = tmp_path / "raw" / "images_evaluation.tar.gz"
+def _assert_nothing_prepared(name, data_dir, config=None):
+  """No tfds folder a later run would trust: nothing incomplete, no dataset_info."""
+  left = [os.path.join(r, f) for r, ds, fs in os.walk(data_dir) for f in fs + ds]
+  assert not [p for p in left if "incomplete" in p or p.endswith("dataset_info.json")], left
+  assert not loading.make_builder(name, config=config, data_dir=data_dir).is_prepared()
+
+
+@pytest.mark.parametrize("form", ["zip", "tar.gz"])
+def test_truncated_omniglot_archive_names_it_and_leaves_nothing(tmp_path, form):
+  # images_evaluation is read after images_background's drawings were decoded.
+  write_omniglot(tmp_path / "raw", form=form, drawings=3)
+  path = tmp_path / "raw" / f"images_evaluation.{form}"
   path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-  with pytest.raises(DataError, match="images_evaluation.tar.gz"):
+  with pytest.raises(DataError, match=f"images_evaluation.{form}"):
     prepare("omniglot", config=TINY_MAML, data_dir=tmp_path / "tfds",
             manual_dir=tmp_path / "raw")
+  _assert_nothing_prepared("omniglot", tmp_path / "tfds", TINY_MAML)
+
+
+def test_truncated_mini_imagenet_archive_names_it_and_leaves_nothing(tmp_path):
+  write_mini(tmp_path / "raw", "tar.gz")
+  path = tmp_path / "raw" / "test.tar.gz"  # the last split: the others were written
+  path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+  with pytest.raises(DataError, match="test.tar.gz"):
+    load_split("mini_imagenet", "train", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+  _assert_nothing_prepared("mini_imagenet", tmp_path / "tfds")
 
 
 def test_not_an_archive(tmp_path):
@@ -351,9 +401,7 @@ def test_failed_prepare_leaves_nothing_and_a_later_load_prepares_fresh(tmp_path)
   data = tmp_path / "tfds"
   with pytest.raises(DataError, match="n0600000099.jpg"):
     load_split("mini_imagenet", "train", data_dir=data, manual_dir=tmp_path / "bad")
-  left = [os.path.join(r, f) for r, ds, fs in os.walk(data) for f in fs + ds]
-  assert not [p for p in left if "incomplete" in p or p.endswith("dataset_info.json")], left
-  assert not loading.make_builder("mini_imagenet", data_dir=data).is_prepared()
+  _assert_nothing_prepared("mini_imagenet", data)
   with pytest.raises(DataError, match="not prepared"):
     load_split("mini_imagenet", "train", data_dir=data, download=False)
   x = load_split("mini_imagenet", "train", data_dir=data, manual_dir=tmp_path / "good")
@@ -406,8 +454,43 @@ def test_cli_prepares_and_reports(tmp_path, capsys):
   assert "error: mini-ImageNet input not found" in capsys.readouterr().err
 
 
-def test_no_tensorflow_imported():
-  assert "tensorflow" not in sys.modules
+_WITHOUT_TENSORFLOW = """
+import sys
+
+class Hidden:  # wraps an import finder so that it finds no TensorFlow module
+  def __init__(self, finder):
+    self.finder = finder
+  def __getattr__(self, name):
+    return getattr(self.finder, name)
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] == "tensorflow":
+      return None
+    return self.finder.find_spec(name, path, target)
+
+# As if TensorFlow were not installed, even where it is.
+sys.meta_path[:] = [Hidden(f) for f in sys.meta_path]
+sys.path.insert(0, sys.argv[1])
+from test_datasets import write_mini
+from metajax.datasets import load_split
+write_mini(sys.argv[2] + "/raw", "tar.gz")
+x = load_split("mini_imagenet", "test", data_dir=sys.argv[2] + "/tfds",
+               manual_dir=sys.argv[2] + "/raw")
+assert x.shape == (2, 4, 84, 84, 3), x.shape
+import importlib.util
+assert importlib.util.find_spec("tensorflow") is None
+assert not [m for m in sys.modules if m.split(".")[0] == "tensorflow"]
+print("prepared without tensorflow")
+"""
+
+
+def test_prepares_and_loads_without_tensorflow(tmp_path):
+  # A fresh process where importing TensorFlow fails: the builders must
+  # prepare (array_record) and load without it, installed or not.
+  import subprocess
+  out = subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW, os.path.dirname(__file__),
+                        str(tmp_path)], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "prepared without tensorflow" in out.stdout
 
 
 # -------------------------------------------------------------------- real data

@@ -198,6 +198,40 @@ def test_evaluation_episodes_are_fixed_by_the_seed(synthetic_data):
   assert not np.array_equal(a, other)
 
 
+def test_every_model_and_algorithm_sees_the_same_evaluation_episodes(monkeypatch):
+  """The episodes an evaluator draws are recorded and compared across models
+  (two initialisations), algorithms (MAML and ProtoNet) and evaluators, and
+  against episodes drawn here from fold_in(PRNGKey(eval_seed), b)."""
+  seen = []
+
+  def recording(key, images, **kw):
+    tasks = sample_episodes(key, images, **kw)
+    jax.debug.callback(lambda t: seen.append(jax.tree.map(np.asarray, t)), tasks)
+    return tasks
+
+  monkeypatch.setattr(fewshot, "sample_episodes", recording)
+  from metajax.tasks.fewshot import Problem
+  images = jnp.asarray(id_images())
+  runs = []
+  for algorithm, init_seed in (("maml", 0), ("maml", 1), ("protonet", 2)):
+    config = tiny_fewshot(algorithm=algorithm, eval_batch=4)
+    algo = fewshot.algorithm(config)
+    problem = Problem(ways=5, filters=4, image_shape=(H, H, 1), conv_impl="im2col",
+                      head=algorithm != "protonet", downsample="stride")
+    mp = {"params": problem.init_params(jax.random.PRNGKey(init_seed)), "inner_lr": None}
+    seen.clear()
+    fewshot.make_evaluator(config, algo, problem, None, None)(mp, images, 8)
+    runs.append(list(seen))
+  base = jax.random.PRNGKey(tiny_fewshot().eval_seed)
+  expected = [jax.tree.map(np.asarray, sample_episodes(
+      jax.random.fold_in(base, b), images, meta_batch=4, ways=5, shots=1, queries=5))
+      for b in range(2)]
+  for run in runs:
+    assert len(run) == 2
+    for got, want in zip(run, expected):
+      jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 @pytest.mark.parametrize("algorithm,extra", [
     ("maml", {}),
     ("mamlpp", dict(lslr=True, bn="per_step")),  # step t's BN set and rate
