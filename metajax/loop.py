@@ -25,7 +25,7 @@ from tqdm import tqdm
 from metajax.checkpoint import Checkpoints, check_resumable
 from metajax.config import ConfigError
 from metajax.sharding import to_host
-from metajax.step import compiler_options, make_train_chunk
+from metajax.step import compile_lowered, make_train_chunk
 
 # on_nan="skip" still stops after this many non-finite steps in a row: by
 # then the run has diverged, skipping is not recovering it.
@@ -126,8 +126,7 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
     nonlocal compile_s
     if n not in compiled:
       t0 = time.perf_counter()
-      compiled[n] = make_train_chunk(meta_step, n).lower(state, data).compile(
-          compiler_options())
+      compiled[n] = compile_lowered(make_train_chunk(meta_step, n).lower(state, data))
       compile_s += time.perf_counter() - t0
     return compiled[n]
 

@@ -8,6 +8,8 @@ small models are not bound by Python dispatch; state is donated.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 from typing import Any, Callable, Optional
 
@@ -131,23 +133,65 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
   return meta_step
 
 
-def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
-  """XLA options for compiling the meta-step program: on CPU, LLVM at -O1.
+# XLA CPU options for the meta-step, each with why (docs/RESULTS.md):
+# - LLVM at -O1 ("LLVM at -O1"): in an alternating A/B on the conv-4 steps it
+#   compiled in 58-90% of the default's time with no step-time change beyond
+#   run-to-run noise (-O0 ran ~11x slower).
+# - the older (non-MLIR) fusion emitters ("XLA's CPU fusion emitters"): the
+#   compiler's peak memory fell from ~800 to ~450 MB on Omniglot 5w1s, the
+#   resident executable by ~70 MB, with no step-time change beyond noise.
+_CPU_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
-  Pass them to `.lower(...).compile(compiler_options())` (metajax.loop does);
-  not to `jax.jit`, which would refuse a jit carrying them inside another jit.
-  In an alternating A/B on the conv-4 steps -O1 compiled in 58-90% of the
-  default's time with no step-time change beyond run-to-run noise, and -O0 ran
-  ~11x slower (docs/RESULTS.md, "LLVM at -O1"). None (XLA's defaults) off CPU,
-  where XLA_FLAGS already sets a level, and under JAX_DISABLE_MOST_OPTIMIZATIONS
-  (these options would override its -O0).
+
+@functools.lru_cache(maxsize=None)
+def _known_option(name: str, value) -> bool:
+  """Whether this jaxlib's XLA has the compile option (older ones may not)."""
+  try:
+    jax.jit(lambda: jnp.zeros(())).lower().compile({name: value})
+    return True
+  except Exception:  # JaxRuntimeError: "No such compile option"
+    return False
+
+
+def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
+  """XLA options for compiling the meta-step program: on CPU, `_CPU_OPTIONS`.
+
+  Pass them to `.lower(...).compile(...)` (`compile_lowered` does); not to
+  `jax.jit`, which would refuse a jit carrying them inside another jit. None
+  (XLA's defaults) off CPU and under JAX_DISABLE_MOST_OPTIMIZATIONS (these
+  options would override its -O0); an option that XLA_FLAGS sets is left to
+  XLA_FLAGS, and one this jaxlib lacks is left out.
   """
   backend = backend or jax.default_backend()
-  if (backend != "cpu"
-      or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
-      or jax.config.values.get("jax_disable_most_optimizations")):
+  if backend != "cpu" or jax.config.values.get("jax_disable_most_optimizations"):
     return None
-  return {"xla_backend_optimization_level": 1}
+  flags = os.environ.get("XLA_FLAGS", "")
+  options = {k: v for k, v in _CPU_OPTIONS.items() if k not in flags and _known_option(k, v)}
+  return options or None
+
+
+def return_freed_heap() -> bool:
+  """Hands the heap's freed pages back to the OS (glibc's malloc_trim).
+
+  glibc keeps freed memory mapped: after XLA compiles a conv-4 meta-step on CPU
+  the process holds ~450 MB that the compiler used and freed (Omniglot 5w1s:
+  885 MB resident right after compiling, 438 MB after this), and every later
+  step would be counted on top of it. False where there is no glibc.
+  """
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True
+  except (OSError, AttributeError):
+    return False
+
+
+def compile_lowered(lowered):
+  """`lowered.compile(compiler_options())`, then the compiler's freed heap
+  returned to the OS (`return_freed_heap`). lowered: a `jax.stages.Lowered`,
+  e.g. `make_train_chunk(meta_step, n).lower(state, data)`."""
+  compiled = lowered.compile(compiler_options())
+  return_freed_heap()
+  return compiled
 
 
 def make_train_chunk(meta_step, steps_per_call: int):
@@ -156,7 +200,7 @@ def make_train_chunk(meta_step, steps_per_call: int):
 
   Step t draws its tasks with `fold_in(state.key, t)`, so a run is a pure
   function of the seed however it is chunked. Compile it with
-  `.lower(state, data).compile(compiler_options())` for CPU's -O1.
+  `compile_lowered(chunk.lower(state, data))` for CPU's -O1.
   """
 
   def chunk(state: TrainState, data=None):

@@ -69,6 +69,13 @@ def test_soak_refuses_arguments_it_would_drop(argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
+def _run_probe(code: str) -> dict:
+  """Runs `code` in a fresh Python process; its last stdout line, as JSON."""
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stderr
+  return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 _PEAK_PROBE = """
 import json, numpy as np
 from metajax.bench import memory
@@ -88,15 +95,38 @@ def test_whole_peak_survives_the_reset_that_starts_the_run_peak():
   # a 300 MB buffer touched before the reset counts in the whole process's
   # peak, and not in the run's. A fresh process, so that no earlier
   # test's peak hides the buffer's.
-  p = subprocess.run([sys.executable, "-c", _PEAK_PROBE], capture_output=True, text=True,
-                     timeout=120)
-  assert p.returncode == 0, p.stderr
-  r = json.loads(p.stdout.strip().splitlines()[-1])
+  r = _run_probe(_PEAK_PROBE)
   before, reset = r["mark"]
   assert reset
   assert before >= r["base"] + 250
   assert r["run"] < before - 200
   assert r["whole"] >= r["base"] + 250
+
+
+_TRIM_PROBE = """
+import json
+from metajax.step import return_freed_heap
+blocks = [bytearray(64 * 1024) for _ in range(3000)]  # ~200 MB in heap-sized pieces
+for b in blocks:
+  b[0] = 1
+del blocks  # freed, but glibc keeps the pages
+def rss():
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
+freed = rss()
+print(json.dumps(dict(freed=freed, trimmed=return_freed_heap(), after=rss())))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc (Linux)")
+def test_return_freed_heap_gives_freed_pages_back():
+  # What compile_lowered does after XLA compiles: ~200 MB freed in 64 KB pieces
+  # (below glibc's mmap threshold, so kept in the heap) leave the resident set
+  # until the trim; a fresh process, so no earlier test's heap is in the count.
+  r = _run_probe(_TRIM_PROBE)
+  if not r["trimmed"]:
+    pytest.skip("no glibc malloc_trim on this system")
+  assert r["after"] < r["freed"] - 150, r
 
 
 def test_cells_refuse_zero_timed_steps():

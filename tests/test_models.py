@@ -297,17 +297,29 @@ def _with(config, **changes):
 
 @pytest.mark.xla_optimized  # the reference is XLA's default compile, passes on
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="-O1 is CPU's option")
-def test_meta_step_at_llvm_o1_matches_the_default_compile(monkeypatch):
-  # Training compiles the meta-step with compiler_options() (LLVM -O1 on CPU):
-  # two second-order conv-4 meta-steps must match XLA's default compile.
+def test_meta_step_with_cpu_compiler_options_matches_the_default_compile(monkeypatch):
+  # Training compiles the meta-step with compiler_options() (on CPU: LLVM -O1
+  # and the older fusion emitters): two second-order conv-4 meta-steps must
+  # match XLA's default compile.
   import optax
   from metajax import step as step_lib
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert step_lib.compiler_options("gpu") is None
-  assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+  assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1,
+                                              "xla_cpu_use_fusion_emitters": False}
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
-  assert step_lib.compiler_options("cpu") is None  # the user's level wins
+  assert step_lib.compiler_options("cpu") == {  # the user's level wins
+      "xla_cpu_use_fusion_emitters": False}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3 "
+                     "--xla_cpu_use_fusion_emitters=true")
+  assert step_lib.compiler_options("cpu") is None
   monkeypatch.delenv("XLA_FLAGS")
+  # An option this jaxlib's XLA lacks is left out, not passed (compile would refuse it).
+  assert not step_lib._known_option("xla_no_such_option_here", True)
+  with monkeypatch.context() as m:
+    m.setattr(step_lib, "_known_option",
+              lambda name, value: name != "xla_cpu_use_fusion_emitters")
+    assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1}
   flag = "jax_disable_most_optimizations"
   was = jax.config.values.get(flag)
   jax.config.update(flag, True)

@@ -10,10 +10,11 @@ exec), so it is used only where /proc is missing.
 
 from __future__ import annotations
 
-import ctypes
 import resource
 import sys
 from typing import NamedTuple, Optional
+
+from metajax.step import return_freed_heap
 
 
 class Mark(NamedTuple):
@@ -49,14 +50,11 @@ def reset_peak() -> Mark:
   """Resets the kernel's high-water mark so `run_mb` measures from now.
 
   Returns the peak so far, which the reset erases. Freed heap (e.g. the
-  compiler's) is first returned to the OS with glibc's malloc_trim, so the mark
+  compiler's) is first returned to the OS (glibc's malloc_trim), so the mark
   starts at what the process really holds.
   """
   before = _peak_mb()
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
+  return_freed_heap()
   try:
     with open("/proc/self/clear_refs", "w") as f:
       f.write("5")

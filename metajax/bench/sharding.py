@@ -36,7 +36,7 @@ def run(preset: str, devices: int, iters: int) -> dict:
   from metajax.algorithms import Algorithm
   from metajax.batching import resolve
   from metajax.bench.presets import PRESETS
-  from metajax.step import compiler_options, init_state, make_meta_step, make_train_chunk
+  from metajax.step import compile_lowered, init_state, make_meta_step, make_train_chunk
   from metajax.tasks.fewshot import Problem, synthetic_tasks
 
   p = PRESETS[preset]
@@ -62,7 +62,7 @@ def run(preset: str, devices: int, iters: int) -> dict:
     step = make_meta_step(algo, problem.loss_fn, sample, optimizer, mesh=mesh,
                           param_sharding=mode)
     t0 = time.perf_counter()
-    compiled = make_train_chunk(step, 1).lower(state).compile(compiler_options())
+    compiled = compile_lowered(make_train_chunk(step, 1).lower(state))
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     times = []
