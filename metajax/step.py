@@ -8,9 +8,9 @@ small models are not bound by Python dispatch; state is donated.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
+import re
 from typing import Any, Callable, Optional
 
 import flax.struct
@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from metajax.algorithms import Algorithm, meta_gradient
+from metajax.heap import return_freed_heap
 from metajax.inner import LossFn, PyTree, fresh_adam_carry
 from metajax.sharding import constrain_state, place_state, shard_tasks
 
@@ -138,8 +139,8 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
 #   compiled in 58-90% of the default's time with no step-time change beyond
 #   run-to-run noise (-O0 ran ~11x slower).
 # - the older (non-MLIR) fusion emitters ("XLA's CPU fusion emitters"): the
-#   compiler's peak memory fell from ~800 to ~450 MB on Omniglot 5w1s, the
-#   resident executable by ~70 MB, with no step-time change beyond noise.
+#   compiler's peak memory fell from ~900 to ~450 MB on Omniglot 5w1s, the
+#   running process by ~80-100 MB, with no step-time change beyond noise.
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1, "xla_cpu_use_fusion_emitters": False}
 
 
@@ -149,8 +150,16 @@ def _known_option(name: str, value) -> bool:
   try:
     jax.jit(lambda: jnp.zeros(())).lower().compile({name: value})
     return True
-  except Exception:  # JaxRuntimeError: "No such compile option"
-    return False
+  except Exception as e:  # XLA refuses an option it lacks; anything else is a real error
+    if "No such compile option" in str(e):
+      return False
+    raise
+
+
+def _in_xla_flags(name: str) -> bool:
+  """Whether XLA_FLAGS sets the option (a whole --name or --noname, not a substring)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return re.search(rf"(^|\s)--(no)?{re.escape(name)}(=|\s|$)", flags) is not None
 
 
 def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
@@ -165,24 +174,9 @@ def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
   backend = backend or jax.default_backend()
   if backend != "cpu" or jax.config.values.get("jax_disable_most_optimizations"):
     return None
-  flags = os.environ.get("XLA_FLAGS", "")
-  options = {k: v for k, v in _CPU_OPTIONS.items() if k not in flags and _known_option(k, v)}
+  options = {k: v for k, v in _CPU_OPTIONS.items()
+             if not _in_xla_flags(k) and _known_option(k, v)}
   return options or None
-
-
-def return_freed_heap() -> bool:
-  """Hands the heap's freed pages back to the OS (glibc's malloc_trim).
-
-  glibc keeps freed memory mapped: after XLA compiles a conv-4 meta-step on CPU
-  the process holds ~450 MB that the compiler used and freed (Omniglot 5w1s:
-  885 MB resident right after compiling, 438 MB after this), and every later
-  step would be counted on top of it. False where there is no glibc.
-  """
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return True
-  except (OSError, AttributeError):
-    return False
 
 
 def compile_lowered(lowered):
@@ -200,7 +194,7 @@ def make_train_chunk(meta_step, steps_per_call: int):
 
   Step t draws its tasks with `fold_in(state.key, t)`, so a run is a pure
   function of the seed however it is chunked. Compile it with
-  `compile_lowered(chunk.lower(state, data))` for CPU's -O1.
+  `compile_lowered(chunk.lower(state, data))` for CPU's compiler options.
   """
 
   def chunk(state: TrainState, data=None):

@@ -305,14 +305,18 @@ def test_meta_step_with_cpu_compiler_options_matches_the_default_compile(monkeyp
   from metajax import step as step_lib
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert step_lib.compiler_options("gpu") is None
-  assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1,
-                                              "xla_cpu_use_fusion_emitters": False}
+  # (The fusion-emitter option only where this jaxlib's XLA has it.)
+  emitters = ({"xla_cpu_use_fusion_emitters": False}
+              if step_lib._known_option("xla_cpu_use_fusion_emitters", False) else {})
+  assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1, **emitters}
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
-  assert step_lib.compiler_options("cpu") == {  # the user's level wins
-      "xla_cpu_use_fusion_emitters": False}
+  assert step_lib.compiler_options("cpu") == (emitters or None)  # the user's level wins
   monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3 "
                      "--xla_cpu_use_fusion_emitters=true")
   assert step_lib.compiler_options("cpu") is None
+  # A whole flag, not a substring: a dump path that contains the name sets nothing.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/xla_cpu_use_fusion_emitters_ab")
+  assert step_lib.compiler_options("cpu") == {"xla_backend_optimization_level": 1, **emitters}
   monkeypatch.delenv("XLA_FLAGS")
   # An option this jaxlib's XLA lacks is left out, not passed (compile would refuse it).
   assert not step_lib._known_option("xla_no_such_option_here", True)

@@ -14,7 +14,7 @@ import resource
 import sys
 from typing import NamedTuple, Optional
 
-from metajax.step import return_freed_heap
+from metajax.heap import return_freed_heap
 
 
 class Mark(NamedTuple):
