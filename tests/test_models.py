@@ -345,7 +345,7 @@ def test_meta_step_with_cpu_compiler_options_matches_the_default_compile(monkeyp
   init = lambda: jax.tree.map(jnp.copy, state0)  # the chunk donates its state
   chunk = step_lib.make_train_chunk(step, 2)
   lowered = chunk.lower(init())
-  got_state, got = lowered.compile(step_lib.compiler_options())(init())
+  got_state, got = step_lib.compile_lowered(lowered)(init())  # as training compiles it
   want_state, want = lowered.compile()(init())
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
   chex.assert_trees_all_close(got_state.params, want_state.params, rtol=1e-5, atol=1e-5)
