@@ -59,6 +59,12 @@ class Algorithm:
   per_step_bn: bool = False         # MAML++: loss_fn takes the inner step (BN sets)
   bn_outer_only: bool = False       # BN parameters not adapted in the inner loop
 
+  def __post_init__(self):
+    from metajax.config import ALGORITHMS  # config imports nothing of metajax
+    if self.name not in ALGORITHMS:
+      # Without this an unknown name would silently compute MAML's meta-gradient.
+      raise ValueError(f"unknown algorithm {self.name!r}; expected one of {ALGORITHMS}")
+
   @property
   def freezes_batch_norm(self) -> bool:
     """The inner loop leaves the BN parameters to the outer loop (per-step BN

@@ -80,6 +80,18 @@ def _what_now(config, checkpoints: Checkpoints, *, suggest_skip: bool = True) ->
           f"outer_lr={config.outer_lr}) in a new --workdir.")
 
 
+def _replace_file(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (a crash mid-write leaves the old file)."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
         data=None, on_boundary: Optional[Callable] = None, progress: bool = True,
         desc: str = ""):
@@ -91,8 +103,9 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   `on_boundary(state) -> dict` runs every `config.eval_every` steps (when > 0)
   and at the end; what it returns is added to that step's metrics row, and its
   "score" entry (higher is better) ranks the checkpoint saved there. Raises
-  FloatingPointError naming the first meta-step whose loss is not finite
-  (on_nan="stop"), or the 100th such step in a row (on_nan="skip").
+  FloatingPointError naming the first meta-step whose loss or meta-gradient is
+  not finite (on_nan="stop"; nothing from its chunk of steps is checkpointed),
+  or the 100th such step in a row (on_nan="skip").
   """
   eval_every = config.get("eval_every", 0) if on_boundary else 0
   config_dict = config.to_dict()
@@ -114,11 +127,13 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
     if progress:
       print(f"resuming from the checkpoint of meta-step {start} in {checkpoints.directory}")
   primary = jax.process_index() == 0
-  if primary:  # after the resume check: a refused resume leaves the workdir as it was
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config_dict, f, indent=1, default=str)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  kept_rows = _metrics_rows_until(metrics_path, start) if start else []
+  if primary:  # after the resume check: a refused resume leaves the workdir as it was
+    _replace_file(os.path.join(workdir, "config.json"),
+                  json.dumps(config_dict, indent=1, default=str))
+    # The rows up to the resumed step (rows past it would be logged twice).
+    _replace_file(metrics_path, "".join(_metrics_rows_until(metrics_path, start))
+                  if start else "")
 
   compiled, compile_s = {}, 0.0
 
@@ -140,11 +155,8 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
 
   bar = tqdm(total=config.num_steps, initial=min(start, config.num_steps),
              disable=not (progress and primary), unit="step", desc=desc)
-  metrics_file = open(metrics_path, "w") if primary else None
+  metrics_file = open(metrics_path, "a") if primary else None
   try:
-    if metrics_file:
-      metrics_file.writelines(kept_rows)
-      metrics_file.flush()
     for n, at in chunk_sizes(config.num_steps, config.steps_per_call,
                              (config.log_every, eval_every, config.checkpoint_every),
                              start=start):
@@ -154,13 +166,20 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
       state, metrics = fn(state, data)
       loss_T = to_host(metrics["loss"])  # blocks: timing and NaN check
       run_s += time.perf_counter() - t0
-      # "skip" also skips finite losses whose meta-gradient is not finite.
-      bad = (to_host(metrics["skipped"]) if config.on_nan == "skip"
-             else ~np.isfinite(loss_T))
+      # Both policies also catch a finite loss whose meta-gradient is not
+      # finite: "stop" must not checkpoint the parameters such a step made.
+      if config.on_nan == "skip":
+        bad = to_host(metrics["skipped"])
+      else:
+        bad = ~np.isfinite(loss_T)
+        if "finite" in metrics:
+          bad |= ~to_host(metrics["finite"])
       if bad.any() and config.on_nan == "stop":
         i = int(np.flatnonzero(bad)[0])
+        what = (f"meta-training loss is {loss_T[i]}" if not np.isfinite(loss_T[i]) else
+                f"meta-gradient is not finite (loss {loss_T[i]:.6g})")
         raise FloatingPointError(
-            f"meta-training loss is {loss_T[i]} at meta-step {first_step + i + 1} "
+            f"{what} at meta-step {first_step + i + 1} "
             f"(algorithm={config.algorithm}). " + _what_now(config, checkpoints))
       for i, b in enumerate(bad):
         in_a_row = in_a_row + 1 if b else 0

@@ -104,7 +104,8 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
   `metajax.sharding.place_state` placed it (default: replicated).
   `skip_nonfinite`: a step whose loss or meta-gradient is not finite leaves
   params and optimizer state unchanged (the step counter still advances, so
-  the next step draws new tasks); its metrics say `skipped`.
+  the next step draws new tasks); its metrics say `skipped`. Without it the
+  step is applied and its metrics say whether both were `finite`.
   `head_split`: ANIL's body/head split (`metajax.anil`), computing the body's
   features once per task.
   """
@@ -123,10 +124,12 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
     new = state.replace(step=state.step + 1, params=new_params["params"],
                         inner_lr=new_params["inner_lr"], opt_state=opt_state,
                         adam_carry=carry[0] if carry else None)
-    if not skip_nonfinite:
-      return constrain_state(new, mesh, param_sharding), {"loss": loss}
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    if not skip_nonfinite:
+      # `finite` too: a finite loss can come with a non-finite meta-gradient,
+      # and the training loop must not checkpoint the parameters it produces.
+      return constrain_state(new, mesh, param_sharding), {"loss": loss, "finite": finite}
     keep = lambda n, o: jnp.where(finite, n, o)
     new = jax.tree.map(keep, new.replace(step=state.step), state).replace(step=new.step)
     return constrain_state(new, mesh, param_sharding), {"loss": loss, "skipped": ~finite}

@@ -119,6 +119,13 @@ def test_reptile_carried_inner_adam_over_meta_steps():
     np.testing.assert_allclose(losses[0, -1], np.mean((X @ phi0 - y) ** 2), rtol=1e-9)
 
 
+def test_an_unknown_algorithm_name_is_refused_not_run_as_maml():
+  with pytest.raises(ValueError, match="unknown algorithm 'reptil'; expected one of .*'reptile'"):
+    Algorithm(name="reptil", steps=1, inner_lr=0.1)
+  with pytest.raises(ValueError, match="unknown algorithm 'MAML'"):
+    Algorithm.named("MAML", steps=1, inner_lr=0.1)
+
+
 def test_carry_inner_adam_needs_reptile_with_adam():
   from metajax import config as config_lib
   c = config_lib.sinusoid_base()

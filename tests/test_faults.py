@@ -61,7 +61,8 @@ sys.exit(main(sys.argv[3:]))
 
 def _train(workdir, *extra, check=True):
   p = subprocess.run([sys.executable, "-m", "metajax.train", *ARGS, "--workdir",
-                      str(workdir), *extra], env=ENV, capture_output=True, text=True)
+                      str(workdir), *extra], env=ENV, capture_output=True, text=True,
+                     timeout=600)
   if check:
     assert p.returncode == 0, p.stderr[-3000:]
   return p
@@ -72,13 +73,13 @@ def _final_state(workdir, step=STEPS):
   return load_arrays(os.path.join(workdir, "checkpoints", str(step)))
 
 
-def _assert_bitwise_equal(a, b):
+def _assert_bitwise_equal(a, b, note=""):
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     x, y = np.asarray(x), np.asarray(y)
     assert x.dtype == y.dtype and x.shape == y.shape
-    assert x.tobytes() == y.tobytes(), "resumed run differs from the uninterrupted one"
+    assert x.tobytes() == y.tobytes(), f"resumed run differs from the uninterrupted one {note}"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_sigkill_at_a_random_point_then_resume_is_bitwise_identical(reference, t
   assert str(STEPS) not in os.listdir(ckpt), f"run finished before the kill (seed {seed})"
   p = _train(tmp_path)
   assert "resuming from the checkpoint of meta-step" in p.stdout
-  _assert_bitwise_equal(_final_state(tmp_path), _final_state(reference))
+  _assert_bitwise_equal(_final_state(tmp_path), _final_state(reference), f"(seed {seed})")
   # metrics.jsonl has every logged step exactly once.
   steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
   assert steps == list(range(100, STEPS + 1, 100)), f"seed {seed}"
@@ -115,7 +116,8 @@ def test_sigkill_at_a_random_point_then_resume_is_bitwise_identical(reference, t
 
 def test_sigkill_during_a_save_then_resume_is_bitwise_identical(reference, tmp_path):
   proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, "3", str(tmp_path),
-                         *ARGS, "--workdir", str(tmp_path)], env=ENV, capture_output=True)
+                         *ARGS, "--workdir", str(tmp_path)], env=ENV, capture_output=True,
+                        timeout=600)
   assert proc.returncode == -signal.SIGKILL
   names = os.listdir(tmp_path / "checkpoints")
   assert any("tmp" in n for n in names), names  # killed mid-save: a partial save is left
@@ -288,6 +290,38 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_pat
   assert [r["step"] for r in rows] == [20, 40, 60]
 
 
+def test_a_nonfinite_meta_gradient_with_a_finite_loss_stops_before_its_checkpoint(tmp_path):
+  """The step to 100 returns a finite loss but NaN parameters (its meta-gradient
+  was not finite): nothing of that chunk may be checkpointed."""
+  def meta_step(state, key, data=None):
+    step = state.step + 1
+    params = jnp.where(step >= 100, jnp.nan, state.params + 1.0)
+    return (state.replace(step=step, params=params),
+            {"loss": jnp.float32(1.0), "finite": step < 100})
+
+  checkpoints = Checkpoints(str(tmp_path / "checkpoints"))
+  with pytest.raises(FloatingPointError) as e:
+    loop.run(_toy_config(), _toy_state(), meta_step, str(tmp_path), checkpoints,
+             progress=False)
+  assert "meta-gradient is not finite (loss 1) at meta-step 100" in str(e.value)
+  assert "last good checkpoint is meta-step 50" in str(e.value)
+  assert checkpoints.steps() == [50]
+  restored, _ = checkpoints.restore(50, _toy_state())
+  np.testing.assert_array_equal(np.asarray(restored.params), np.full(3, 50.0))
+
+
+def test_rewriting_a_run_file_that_fails_midway_leaves_the_old_one(tmp_path):
+  """config.json and a resumed metrics.jsonl are replaced whole or not at all."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 100}\n')
+  with pytest.raises(TypeError):
+    loop._replace_file(str(path), None)  # the write itself fails
+  assert path.read_text() == '{"step": 100}\n'
+  assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left
+  loop._replace_file(str(path), "")
+  assert path.read_text() == ""
+
+
 def test_nan_skip_policy_logs_skips_and_stops_a_diverged_run(tmp_path):
   config = _toy_config(on_nan="skip")
   state, _ = loop.run(config, _toy_state(), _counting_step([5, 6, 33]),
@@ -300,6 +334,36 @@ def test_nan_skip_policy_logs_skips_and_stops_a_diverged_run(tmp_path):
     loop.run(config, _toy_state(), _counting_step(range(41, 200)), str(tmp_path / "b"),
              Checkpoints(str(tmp_path / "b" / "c")), progress=False)
   assert "on_nan=skip to skip" not in str(e.value)  # already skipping: not advised again
+
+
+class FiniteFlagTest(chex.TestCase):
+  """make_meta_step without skipping says whether loss and meta-gradient were
+  finite: |r|^0.5 at r = 0 has the finite value 0 and no finite derivative."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_finite_loss_with_a_nonfinite_meta_gradient_is_flagged(self):
+    algo = Algorithm(name="maml", steps=1, inner_lr=0.1)
+    # batch: (x, y, exponent); the support's squared error is 0 with zero
+    # gradient at w = 0, so the adapted w is 0 and the query residual is exactly 0.
+    loss_fn = lambda p, b: jnp.mean(jnp.abs(b[0] @ p["w"] - b[1]) ** b[2])
+    optimizer = optax.adam(0.1)
+
+    def sampler(query_exponent):
+      def sample(key):
+        x = jax.random.normal(key, (4, 6, 2))
+        zeros = jnp.zeros((4, 6, 1))
+        return {"support": (x, zeros, jnp.full((4, 1, 1), 2.0)),
+                "query": (x, zeros + 1.0 * (query_exponent == 2.0),
+                          jnp.full((4, 1, 1), query_exponent))}
+      return sample
+
+    state = init_state(algo, {"w": jnp.zeros((2, 1))}, optimizer, jax.random.PRNGKey(0))
+    for exponent, finite in ((0.5, False), (2.0, True)):
+      step = self.variant(make_meta_step(algo, loss_fn, sampler(exponent), optimizer))
+      new, metrics = step(state, jax.random.PRNGKey(1))
+      self.assertTrue(np.isfinite(float(metrics["loss"])))
+      self.assertEqual(bool(metrics["finite"]), finite)
+      self.assertEqual(bool(jnp.all(jnp.isfinite(new.params["w"]))), finite)
 
 
 class SkipNonFiniteTest(chex.TestCase):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import types
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,7 @@ def test_on_8_cpu_devices():
                       os.path.abspath(__file__),
                       # the two-process test sets its own devices: once is enough
                       "-k", "not on_8_cpu and not two_processes"],
-                     env=env, cwd=ROOT, capture_output=True, text=True)
+                     env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-2000:]
   summary = p.stdout.strip().splitlines()[-1]
   assert "skipped" not in summary and "passed" in summary, summary
@@ -78,6 +79,7 @@ def _gradient(algo, loss_fn, meta_params, tasks, mesh, *carry):
 
 
 def _close(a, b, rtol):
+  chex.assert_trees_all_equal_structs(a, b)  # zip below would drop a missing leaf
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * 1e-1)
 
@@ -256,7 +258,8 @@ def test_two_processes_give_the_same_params_as_one(tmp_path):
   assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
   single = subprocess.run(args + ["--workdir", str(tmp_path / "single"),
                                   "--config.num_devices=1"],
-                          env=dict(env, XLA_FLAGS=""), capture_output=True, text=True)
+                          env=dict(env, XLA_FLAGS=""), capture_output=True, text=True,
+                          timeout=300)
   assert single.returncode == 0, single.stderr[-2000:]
   multi = json.load(open(tmp_path / "multi" / "eval.json"))
   assert (multi["devices"], multi["processes"]) == (8, 2)
