@@ -114,7 +114,7 @@ def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None
   c.param_sharding = "replicated"  # params, rates, optimizer state: or "sharded" over devices
   c.checkpoint_every = checkpoint_every  # meta-steps between checkpoints; 0 = only at the end
   c.keep_checkpoints = 3        # newest checkpoints kept (plus the best-validated one)
-  c.on_nan = "stop"             # non-finite loss: "stop" the run, or "skip" that update
+  c.on_nan = "stop"             # non-finite loss or meta-gradient: "stop", or "skip" that update
 
 
 def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
