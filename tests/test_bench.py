@@ -137,3 +137,13 @@ def test_cells_refuse_zero_timed_steps():
   from metajax.bench.jax_cell import run_cell
   with pytest.raises(ValueError, match="iters must be >= 1.*got 0"):
     run_cell({"preset": "sine", "algo": "maml", "iters": 0})
+
+
+def test_a_filter_that_matches_no_cell_lists_what_the_suite_has(tmp_path):
+  from metajax.bench.__main__ import main
+  with pytest.raises(SystemExit, match="no cells of preset 'omni_5w5s'; its presets: "
+                     "mini_5w1s, omni_20w1s, omni_5w1s, sine"):
+    main(["--suite", "paper", "--preset", "omni_5w5s", "--out", str(tmp_path)])
+  with pytest.raises(SystemExit, match="no cells of algorithm 'mamlpp'; its algorithms: "
+                     "anil, fomaml, maml, metasgd, reptile"):
+    main(["--suite", "paper", "--preset", "sine", "--algo", "mamlpp", "--out", str(tmp_path)])

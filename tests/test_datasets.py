@@ -176,6 +176,23 @@ def test_omniglot_vinyals_splits_follow_the_files(tmp_path):
       np.testing.assert_array_equal(x[split][label], x["trainval"][tv.index(name)])
 
 
+def test_a_split_file_line_errors_name_the_file_line_and_class(tmp_path):
+  chars = {"Alpha/character01", "Beta/character02"}
+  path = tmp_path / "train.txt"
+  path.write_text("Alpha/character01/rot000\nBeta/character02/rot090\nAlpha/character01/rot000\n")
+  with pytest.raises(DataError, match=r"lists a class more than once: Alpha/character01/rot000$"):
+    omniglot.read_split_file(str(path), chars)
+  path.write_text("Alpha/character01/rot000\nAlpha/character01/rot045\n")
+  with pytest.raises(DataError, match=r"train.txt:2: 'Alpha/character01/rot045' is not "):
+    omniglot.read_split_file(str(path), chars)
+  path.write_text("Gamma/character01/rot000\n")
+  with pytest.raises(DataError, match=r"train.txt:1: character Gamma/character01 is not in"):
+    omniglot.read_split_file(str(path), chars)
+  path.write_text("Beta/character02/rot270\nAlpha/character01/rot000\n")
+  assert omniglot.read_split_file(str(path), chars) == [
+      "Alpha/character01/rot000", "Beta/character02/rot270"]
+
+
 def test_shipped_vinyals_files_are_the_standard_split():
   folder = resources.files("metajax.datasets") / "splits" / "omniglot_vinyals"
   read = lambda f: (folder / f).read_text().split()

@@ -349,3 +349,60 @@ def test_meta_step_with_cpu_compiler_options_matches_the_default_compile(monkeyp
   want_state, want = lowered.compile()(init())
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
   chex.assert_trees_all_close(got_state.params, want_state.params, rtol=1e-5, atol=1e-5)
+
+
+def _numpy_conv4(params, x, downsample, bn, eps=1e-5):
+  """Conv-4 written out in numpy, float64, in the papers' order: 3x3 'SAME'
+  convolution (stride 1, or 2 with TensorFlow's padding), batch norm with the
+  batch's statistics, ReLU, 2x2 max-pool; then flatten (or average the
+  positions, stride) and the linear head. Nothing of metajax.models is used."""
+  h = x.astype(np.float64)
+  for i in range(4):
+    p = params[f"block_{i}"]
+    k, b = np.asarray(p["kernel"], np.float64), np.asarray(p["bias"], np.float64)
+    n, hh, ww, _ = h.shape
+    stride = 2 if downsample == "stride" else 1
+    oh, ow = -(-hh // stride), -(-ww // stride)
+    # TF 'SAME': total padding max((o-1)*s + 3 - size, 0), the smaller half first.
+    ph, pw = max((oh - 1) * stride + 3 - hh, 0), max((ow - 1) * stride + 3 - ww, 0)
+    hp = np.pad(h, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    out = np.zeros((n, oh, ow, k.shape[-1]))
+    for r in range(oh):
+      for c in range(ow):
+        window = hp[:, r * stride:r * stride + 3, c * stride:c * stride + 3, :]
+        out[:, r, c, :] = np.einsum("nijc,ijco->no", window, k)
+    h = out + b
+    if bn != "none":
+      mean, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+      h = (h - mean) / np.sqrt(var + eps) * np.asarray(p["bn_scale"][0]) + np.asarray(
+          p["bn_bias"][0])
+    h = np.maximum(h, 0)
+    if downsample == "max_pool":
+      n, hh, ww, c = h.shape
+      h = h[:, :hh // 2 * 2, :ww // 2 * 2].reshape(n, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
+  features = h.mean(axis=(1, 2)) if downsample == "stride" else h.reshape(h.shape[0], -1)
+  return features @ np.asarray(params["head"]["kernel"]) + np.asarray(params["head"]["bias"])
+
+
+@pytest.mark.parametrize("downsample,bn,conv_impl", [
+    ("max_pool", "transductive", "im2col"), ("max_pool", "transductive", "xla"),
+    ("max_pool", "none", "im2col"), ("stride", "transductive", "im2col"),
+    ("stride", "none", "xla")])
+def test_conv4_logits_match_a_numpy_conv4(downsample, bn, conv_impl):
+  """The whole model against an independent numpy forward pass, with BN scales
+  of both signs (the pool-first order takes a window's minimum there)."""
+  with jax.enable_x64(True):
+    model = Conv4(ways=5, filters=6, bn=bn, conv_impl=conv_impl, downsample=downsample)
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 28, 28, 1), jnp.float64)
+    params = model.init(jax.random.PRNGKey(1), x)["params"]
+    keys = iter(jax.random.split(jax.random.PRNGKey(2), 16))
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: (jax.random.normal(next(keys), v.shape, v.dtype)
+                         if str(path[-1].key) in ("bn_scale", "bn_bias", "bias") else v),
+        params)
+    assert any(float(jnp.min(params[f"block_{i}"].get("bn_scale", jnp.ones(1)))) < 0
+               for i in range(4)) or bn == "none"
+    for fn in (model.apply, jax.jit(model.apply)):
+      np.testing.assert_allclose(np.asarray(fn({"params": params}, x)),
+                                 _numpy_conv4(params, np.asarray(x), downsample, bn),
+                                 rtol=1e-9, atol=1e-9)

@@ -209,13 +209,17 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   cells = suite_cells(args.suite, args.peers)
   if args.preset:
+    have = sorted({c["preset"] for c in cells})
     cells = [c for c in cells if c["preset"] == args.preset]
     if not cells:
-      raise SystemExit(f"suite {args.suite!r} has no cells of preset {args.preset!r}")
+      raise SystemExit(f"suite {args.suite!r} has no cells of preset {args.preset!r}; "
+                       f"its presets: {', '.join(have)}")
   if args.algo:
+    have = sorted({c["algo"] for c in cells})
     cells = [c for c in cells if c["algo"] in args.algo.split(",")]
     if not cells:
-      raise SystemExit(f"suite {args.suite!r} has no cells of algorithm {args.algo!r}")
+      raise SystemExit(f"suite {args.suite!r} has no cells of algorithm {args.algo!r}; "
+                       f"its algorithms: {', '.join(have)}")
   name = args.suite + (f"_{args.preset}" if args.preset else "") + (
       f"_{args.algo.replace(',', '-')}" if args.algo else "")
   path = os.path.join(args.out, f"{name}.jsonl")

@@ -144,8 +144,10 @@ def read_split_file(path, char_ids) -> list[str]:
     if "/".join(parts[:2]) not in char_ids:
       raise DataError(f"{path}:{lineno}: character {'/'.join(parts[:2])} is not in the input")
     names.append(name)
-  if len(set(names)) != len(names):
-    raise DataError(f"{path} lists a class more than once")
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise DataError(f"{path} lists a class more than once: {', '.join(repeated[:5])}"
+                    + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""))
   return sorted(names)
 
 
