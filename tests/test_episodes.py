@@ -112,7 +112,7 @@ def test_impossible_episodes_name_the_numbers():
                         split="test split")
   with pytest.raises(EpisodeError, match=r"need 21 images per class .* has 20"):
     check_episode_shape((50, 20, 28, 28, 1), ways=5, shots=1, queries=20)
-  with pytest.raises(EpisodeError):
+  with pytest.raises(EpisodeError, match=r"5-way episodes need 5 classes .* only 4$"):
     sample_episodes(jax.random.PRNGKey(0), jnp.zeros((4, 3, 2, 2, 1), jnp.uint8),
                     meta_batch=1, ways=5, shots=1, queries=1)
 
