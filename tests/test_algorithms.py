@@ -34,8 +34,9 @@ def _np_inner(w, X, y, steps, lr, optimizer, nu=0.0, count=0):
   return w, nu
 
 
+@pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_reptile_update_equals_formula(optimizer):
+def test_reptile_update_equals_formula(optimizer, jit):
   with jax.enable_x64(True):
     task_list, tasks = _task_batch(jax.random.PRNGKey(0), 4, dim=3)
     theta = jax.random.normal(jax.random.PRNGKey(1), (3, 1), jnp.float64)
@@ -44,7 +45,8 @@ def test_reptile_update_equals_formula(optimizer):
                      inner_optimizer=optimizer)
     loss_fn = lambda p, b: linear_loss(p["w"], b)
     meta_params = {"params": {"w": theta}, "inner_lr": None}
-    _, grads = meta_gradient(algo, loss_fn, meta_params, tasks)
+    gradient = lambda mp, t: meta_gradient(algo, loss_fn, mp, t)
+    _, grads = (jax.jit(gradient) if jit else gradient)(meta_params, tasks)
     opt = optax.sgd(eps)
     updates, _ = opt.update(grads, opt.init(meta_params), meta_params)
     new_theta = optax.apply_updates(meta_params, updates)["params"]["w"]

@@ -14,16 +14,18 @@ from helpers import random_task, tanh_mlp_loss, tanh_mlp_params
 from test_episodes import synthetic_data  # noqa: F401 (fixture)
 
 
-def test_conjugate_gradient_solves_an_spd_system():
+@pytest.mark.parametrize("jit", [False, True])
+def test_conjugate_gradient_solves_an_spd_system(jit):
   with jax.enable_x64(True):
     rng = np.random.RandomState(0)
     m = rng.randn(6, 6)
     a = m @ m.T + 0.5 * np.eye(6)
     b = rng.randn(6)
-    x = conjugate_gradient(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), steps=6)
-    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8)
-    np.testing.assert_array_equal(
-        conjugate_gradient(lambda v: jnp.asarray(a) @ v, jnp.zeros(6), steps=3), np.zeros(6))
+    solve = lambda rhs, steps: conjugate_gradient(lambda v: jnp.asarray(a) @ v, rhs, steps=steps)
+    if jit:
+      solve = jax.jit(solve, static_argnums=1)
+    np.testing.assert_allclose(solve(jnp.asarray(b), 6), np.linalg.solve(a, b), rtol=1e-8)
+    np.testing.assert_array_equal(solve(jnp.zeros(6), 3), np.zeros(6))
 
 
 class QuadraticTest(chex.TestCase):
