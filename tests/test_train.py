@@ -92,6 +92,37 @@ def test_bad_values_name_the_value(key, value):
     config_lib.validate(c)
 
 
+def _fewshot(**overrides):
+  c = config_lib.fewshot_base("omniglot")
+  c.update(overrides)
+  return c
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: tiny(inner_optimizer="adam"),
+     r"inner_optimizer='adam' is only supported for algorithm='reptile' \(got "
+     r"algorithm='maml'\); use 'sgd'"),
+    (lambda: tiny(batching="auto"), r"batching='auto' is for image tasks; the sinusoid uses"),
+    (lambda: tiny(cg_damping=-1.0), r"cg_damping must be a finite number >= 0, got -1.0"),
+    (lambda: tiny(meta_batch=6, batching="scan", task_chunk=4),
+     r"task_chunk=4 must divide meta_batch=6 for batching='scan'"),
+    (lambda: _fewshot(eval_batch=7), r"eval_batch=7 must divide eval_tasks=600 and val_tasks="),
+    (lambda: _fewshot(dataset_config="ravi"),
+     r"dataset_config for omniglot must be one of \('maml', 'vinyals'\), got 'ravi'"),
+])
+def test_config_errors_say_what_would_be_accepted(make, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(make())
+
+
+def test_a_config_missing_a_key_names_it_and_its_default():
+  c = tiny()
+  del c["inner_lr"]
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config is missing key 'inner_lr' \(default: 0.01\); start"):
+    config_lib.validate(c)
+
+
 def test_outer_adam_eps_reaches_adam():
   # Adam's first update is -lr g / (|g| + eps) (both moments bias-corrected):
   # with g = eps the step is half the rate.
