@@ -115,6 +115,9 @@ def inner_loop(
   mask_leaves = treedef.flatten_up_to(mask)
   adapt_idx = [i for i, m in enumerate(mask_leaves) if m]
   if isinstance(lr, (int, float)) or (hasattr(lr, "ndim") and lr.ndim == 0):
+    if lr_per_step:
+      raise ValueError(f"lr_per_step=True needs a pytree like params of per-step rates, "
+                       f"leaves of shape (S,); got the scalar rate {lr!r}")
     lr_leaves = lr
   else:
     lr_all = treedef.flatten_up_to(lr)

@@ -154,6 +154,13 @@ class PerStepRatesTest(chex.TestCase):
       chex.assert_trees_all_close(four, jax.tree.map(lambda p, gg, r: p - r[2] * gg,
                                                      phi, g, rates), rtol=1e-12)
 
+  def test_a_scalar_rate_with_lr_per_step_is_a_clear_error(self):
+    params = tanh_mlp_params(jax.random.PRNGKey(8), sizes=(1, 4, 1), dtype=jnp.float32)
+    task = random_task(jax.random.PRNGKey(9), dtype=jnp.float32)
+    with self.assertRaisesRegex(ValueError, r"lr_per_step=True needs .* leaves of shape "
+                                r"\(S,\); got the scalar rate 0.1"):
+      adapt(tanh_mlp_loss, params, task["support"], steps=2, lr=0.1, lr_per_step=True)
+
   def test_gradient_wrt_the_rates_matches_finite_differences(self):
     with jax.enable_x64(True):
       params = tanh_mlp_params(jax.random.PRNGKey(8), sizes=(1, 4, 1))
