@@ -86,6 +86,8 @@ def _replace_file(path: str, text: str) -> None:
   try:
     with open(tmp, "w") as f:
       f.write(text)
+      f.flush()
+      os.fsync(f.fileno())  # the data on disk before the rename, even after a power cut
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

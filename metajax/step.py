@@ -94,7 +94,8 @@ def make_meta_step(algo: Algorithm, loss_fn: LossFn,
                    optimizer: optax.GradientTransformation, *,
                    mesh: Optional[Mesh] = None, param_sharding: str = "replicated",
                    skip_nonfinite: bool = False, head_split=None):
-  """Returns the pure `meta_step(state, key, data=None) -> (state, {"loss": scalar})`.
+  """Returns the pure `meta_step(state, key, data=None) -> (state, metrics)`, metrics
+  {"loss": scalar, "finite": bool} (with skip_nonfinite: "skipped" for "finite").
 
   `sample_tasks(key)` draws the meta-batch, or `sample_tasks(key, data)` when
   the tasks come from a data set held on device (`data`: e.g. the uint8 images

@@ -5,7 +5,7 @@ import tempfile
 
 # Most of the suite's time is XLA compiling small programs, not running them, and
 # its optimization passes are most of the compiling: without them the suite takes
-# about a quarter less (docs/RESULTS.md), and every test passes either way. Set here, before
+# about a fifth less (docs/RESULTS.md), and every test passes either way. Set here, before
 # any test imports jax, and in the environment, so that the subprocesses some tests
 # start inherit it; JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the suite optimized.
 # The few tests that spend longer running than compiling are marked

@@ -322,6 +322,25 @@ def test_rewriting_a_run_file_that_fails_midway_leaves_the_old_one(tmp_path):
   assert path.read_text() == ""
 
 
+def test_a_resume_that_fails_while_rewriting_its_files_keeps_the_metrics(tmp_path, monkeypatch):
+  # A first session to meta-step 100 (checkpoints at 50 and 100), then a resumed
+  # one whose rewrite of config.json / metrics.jsonl fails: the rows stay.
+  config = _toy_config()
+  config.num_steps = 100
+  loop.run(config, _toy_state(), _counting_step([]), str(tmp_path),
+           Checkpoints(str(tmp_path / "checkpoints")), progress=False)
+  before = (tmp_path / "metrics.jsonl").read_text()
+  assert [json.loads(line)["step"] for line in before.splitlines()] == [20, 40, 60, 80, 100]
+
+  def fail(path, text):
+    raise OSError(f"disk full while writing {path}")
+  monkeypatch.setattr(loop, "_replace_file", fail)
+  with pytest.raises(OSError, match="disk full"):
+    loop.run(_toy_config(), _toy_state(), _counting_step([]), str(tmp_path),
+             Checkpoints(str(tmp_path / "checkpoints")), progress=False)
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
 def test_nan_skip_policy_logs_skips_and_stops_a_diverged_run(tmp_path):
   config = _toy_config(on_nan="skip")
   state, _ = loop.run(config, _toy_state(), _counting_step([5, 6, 33]),

@@ -33,6 +33,7 @@ is instantiated directly (see `metajax.datasets.loading`), never by name.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
@@ -144,7 +145,7 @@ def read_split_file(path, char_ids) -> list[str]:
     if "/".join(parts[:2]) not in char_ids:
       raise DataError(f"{path}:{lineno}: character {'/'.join(parts[:2])} is not in the input")
     names.append(name)
-  repeated = sorted({n for n in names if names.count(n) > 1})
+  repeated = sorted(n for n, count in collections.Counter(names).items() if count > 1)
   if repeated:
     raise DataError(f"{path} lists a class more than once: {', '.join(repeated[:5])}"
                     + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""))
