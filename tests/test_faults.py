@@ -277,6 +277,20 @@ def _toy_state():
                     opt_state=(), key=jax.random.PRNGKey(0))
 
 
+def test_retention_keeps_the_newest_and_the_best_scored(tmp_path):
+  ckpts = Checkpoints(str(tmp_path / "c"), keep=2)
+  state = _toy_state()
+  scores = {2: 0.5, 4: 0.9, 6: 0.7, 8: None, 10: 0.6}
+  for step, score in scores.items():
+    ckpts.save(state.replace(step=jnp.asarray(step, jnp.int32),
+                             params=jnp.full(3, float(step))), {"n": step}, score=score)
+  # The two newest (8, 10) and the best-scored (4); 2 and 6 are gone.
+  assert ckpts.steps() == [4, 8, 10]
+  assert ckpts.best_step() == 4
+  restored, meta = ckpts.restore(4, state)
+  assert meta == {"n": 4}
+  np.testing.assert_array_equal(np.asarray(restored.params), [4.0, 4.0, 4.0])
+
 def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
   checkpoints = Checkpoints(str(tmp_path / "checkpoints"))
   with pytest.raises(FloatingPointError) as e:

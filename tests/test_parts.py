@@ -1,5 +1,5 @@
 """Small parts against closed forms: outer-rate schedules, the sinusoid
-sampler, the 95% interval, and which checkpoints retention keeps."""
+sampler and the 95% interval."""
 
 import math
 
@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from metajax import config as config_lib
-from metajax.checkpoint import Checkpoints
 from metajax.evaluate import mean_ci95
-from metajax.step import TrainState, make_outer_optimizer
+from metajax.step import make_outer_optimizer
 from metajax.tasks.sinusoid import sample_tasks
 
 
@@ -70,18 +69,3 @@ def test_mean_ci95_against_hand_computed_values():
   assert mean == pytest.approx(0.6)
   assert half == pytest.approx(1.96 * math.sqrt(0.24 * 100 / 99) / 10, rel=1e-12)
 
-
-def test_retention_keeps_the_newest_and_the_best_scored(tmp_path):
-  ckpts = Checkpoints(str(tmp_path / "c"), keep=2)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=jnp.zeros(2), inner_lr=None,
-                     opt_state=(), key=jax.random.PRNGKey(0))
-  scores = {2: 0.5, 4: 0.9, 6: 0.7, 8: None, 10: 0.6}
-  for step, score in scores.items():
-    ckpts.save(state.replace(step=jnp.asarray(step, jnp.int32),
-                             params=jnp.full(2, float(step))), {"n": step}, score=score)
-  # The two newest (8, 10) and the best-scored (4); 2 and 6 are gone.
-  assert ckpts.steps() == [4, 8, 10]
-  assert ckpts.best_step() == 4
-  restored, meta = ckpts.restore(4, state)
-  assert meta == {"n": 4}
-  np.testing.assert_array_equal(np.asarray(restored.params), [4.0, 4.0])
