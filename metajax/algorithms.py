@@ -112,7 +112,19 @@ class Algorithm:
 
 
 def head_mask(params: PyTree) -> PyTree:
-  """True for leaves under a top-level "head" module (ANIL adapts only these)."""
+  """True for leaves under a top-level "head" module (ANIL adapts only these).
+
+  Raises ValueError when `params` has no top-level "head" (a mask of all False
+  would adapt nothing): name the adapted layer so, e.g. `nn.Dense(n, name="head")`.
+  """
+  if "head" not in params:
+    keys = ", ".join(map(str, params)) or "none"
+    hint = (' (these look like flax variables: pass variables["params"])'
+            if "params" in params else "")
+    raise ValueError(
+        f"head_mask: params have no top-level 'head' module (top-level keys: {keys}){hint}; "
+        "name the layer the inner loop adapts 'head', e.g. nn.Dense(n, name='head'), or pass "
+        "your own mask")
   return {k: jax.tree.map(lambda _, h=(k == "head"): h, v) for k, v in params.items()}
 
 

@@ -395,3 +395,13 @@ def test_the_recorded_test_rate_is_the_one_adaptation_uses():
   assert recorded_test_rate(metasgd, -1.0) == "learned"
   # A re-test's eval_inner_lr replaces the learned rates (evaluate.adaptation_losses).
   assert recorded_test_rate(metasgd, 0.1) == 0.1
+
+
+def test_head_mask_refuses_params_without_a_head():
+  with pytest.raises(ValueError, match=r"no top-level 'head' module \(top-level keys: "
+                     r"Dense_0, Dense_1\)"):
+    head_mask({"Dense_0": {"kernel": jnp.ones(2)}, "Dense_1": {"kernel": jnp.ones(2)}})
+  with pytest.raises(ValueError, match=r'pass variables\["params"\]'):
+    head_mask({"params": {"head": {"kernel": jnp.ones(2)}}})
+  mask = head_mask({"body": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2)}})
+  assert mask == {"body": {"kernel": False}, "head": {"kernel": True}}

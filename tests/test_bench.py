@@ -70,6 +70,30 @@ def test_soak_refuses_arguments_it_would_drop(argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
+def test_soak_refuses_a_warmup_without_a_metrics_row(capsys):
+  from metajax.bench import soak
+  with pytest.raises(SystemExit) as exit_info:
+    soak.main(["--steps", "200", "--log_every", "50", "--workdir", "/nonexistent/x"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "warm-up of 20 meta-steps" in err and "--steps >= 500" in err
+
+
+def test_soak_deletes_only_an_earlier_soaks_workdir(tmp_path, capsys):
+  from metajax.bench import soak
+  for name in ("config.json", "metrics.jsonl", "soak.json"):
+    (tmp_path / name).write_text("{}")
+  (tmp_path / "checkpoints").mkdir()
+  soak.check_workdir(str(tmp_path))  # an earlier soak's: may be deleted
+  soak.check_workdir(str(tmp_path / "absent"))
+  (tmp_path / "my_notes.txt").write_text("keep me")
+  with pytest.raises(SystemExit) as exit_info:
+    soak.main(["--steps", "1000", "--workdir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert "holds files a soak does not write (my_notes.txt)" in capsys.readouterr().err
+  assert (tmp_path / "my_notes.txt").read_text() == "keep me"
+
+
 def _run_probe(code: str) -> dict:
   """Runs `code` in a fresh Python process; its last stdout line, as JSON."""
   p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

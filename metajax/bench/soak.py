@@ -8,7 +8,8 @@ Trains the config for `--steps` meta-steps with validation and a checkpoint
 every `--every` steps and a metrics row (with the process's resident memory)
 every `--log_every`. Memory growth is measured after warm-up (the first 10%
 of steps: compilation, first saves): (max RSS after warm-up - RSS at the end
-of warm-up) / RSS at the end of warm-up. Deletes WORKDIR first, then writes
+of warm-up) / RSS at the end of warm-up. Deletes WORKDIR first (only an
+earlier soak's: any other non-empty folder is refused), then writes
 WORKDIR/soak.json and WORKDIR/soak.png; exits 1 if the growth is 5% or more.
 """
 
@@ -22,6 +23,34 @@ import sys
 import time
 
 GROWTH_LIMIT = 0.05
+# What a soak (a training run) leaves in its workdir; anything else there is
+# the user's, so the workdir is not deleted.
+SOAK_FILES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "eval.json",
+                        "soak.json", "soak.png"})
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises ValueError unless `workdir` is absent, empty, or an earlier soak's."""
+  if not os.path.isdir(workdir):
+    if os.path.exists(workdir):
+      raise ValueError(f"--workdir {workdir} is a file, not a folder")
+    return
+  other = sorted(set(os.listdir(workdir)) - SOAK_FILES)
+  if other:
+    raise ValueError(
+        f"--workdir {workdir} holds files a soak does not write ({', '.join(other[:5])}"
+        f"{', ...' if len(other) > 5 else ''}); a soak deletes its workdir first, so give it "
+        "a new or empty folder")
+
+
+def check_schedule(steps: int, log_every: int) -> None:
+  """Raises ValueError unless metrics rows fall both in and after the warm-up."""
+  warmup = steps // 10
+  if log_every < 1 or log_every > warmup:
+    raise ValueError(
+        f"--steps {steps} has a warm-up of {warmup} meta-steps (10%), which needs at least "
+        f"one metrics row, but --log_every is {log_every}: use --steps >= {10 * max(log_every, 1)}"
+        f" or --log_every <= {max(warmup, 1)}")
 
 
 def memory_growth(rows, warmup_step: int) -> dict:
@@ -50,6 +79,11 @@ def main(argv=None) -> int:
   ap.add_argument("--config", default=os.path.join(
       os.path.dirname(__file__), "..", "..", "experiments", "sine_maml.py"))
   args, rest = ap.parse_known_args(argv)
+  try:
+    check_schedule(args.steps, args.log_every)
+    check_workdir(args.workdir)
+  except ValueError as e:
+    ap.error(str(e))
 
   from metajax.train import config_overrides, load_config, train_and_evaluate
   config = load_config(args.config, config_overrides(ap, rest))
