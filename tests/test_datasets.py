@@ -323,6 +323,20 @@ def test_omniglot_downloads_the_official_zips_when_online(tmp_path, monkeypatch)
   _assert_nothing_prepared("omniglot", tmp_path / "tfds2", TINY_MAML)
 
 
+def test_raw_input_given_as_data_dir_says_to_pass_it_as_manual_dir(tmp_path, offline):
+  raw = tmp_path / "raw"
+  write_omniglot(raw, drawings=1)
+  before = sorted(p.relative_to(raw) for p in raw.rglob("*"))
+  with pytest.raises(DataError, match=f"{raw} itself holds omniglot's raw input: pass it as "
+                     f"the manual dir \\(--config.manual_dir={raw}"):
+    prepare("omniglot", config=TINY_MAML, data_dir=raw)
+  assert sorted(p.relative_to(raw) for p in raw.rglob("*")) == before  # nothing written there
+  with pytest.raises(DataError) as e:  # an empty data_dir: no such hint, nothing left
+    prepare("omniglot", config=TINY_MAML, data_dir=tmp_path / "tfds")
+  assert "itself holds" not in str(e.value)
+  _assert_nothing_prepared("omniglot", tmp_path / "tfds", TINY_MAML)
+
+
 def test_omniglot_one_archive_missing(tmp_path, offline):
   write_omniglot(tmp_path / "raw", drawings=1, parts=("images_background",))
   with pytest.raises(DataError, match="images_evaluation"):
@@ -341,9 +355,10 @@ def test_mini_imagenet_missing_input_names_folder_and_files(tmp_path):
 
 
 def _assert_nothing_prepared(name, data_dir, config=None):
-  """No tfds folder a later run would trust: nothing incomplete, no dataset_info."""
+  """Nothing left in `data_dir` (which did not exist), so nothing a later run
+  would trust: no incomplete folder, no dataset_info, no empty scaffolding."""
   left = [os.path.join(r, f) for r, ds, fs in os.walk(data_dir) for f in fs + ds]
-  assert not [p for p in left if "incomplete" in p or p.endswith("dataset_info.json")], left
+  assert not left and not os.path.exists(data_dir), left
   assert not loading.make_builder(name, config=config, data_dir=data_dir).is_prepared()
 
 

@@ -19,9 +19,10 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 
-from metajax.datasets.mini_imagenet import MiniImagenet
+from metajax.datasets.mini_imagenet import MiniImagenet, find_inputs
+from metajax.datasets.omniglot import PARTS as OMNIGLOT_PARTS
 from metajax.datasets.omniglot import Omniglot, OmniglotConfig
-from metajax.datasets.sources import DataError
+from metajax.datasets.sources import DataError, find_source
 
 BUILDERS = {"omniglot": Omniglot, "mini_imagenet": MiniImagenet}
 CONFIGS = {"omniglot": ("maml", "vinyals"), "mini_imagenet": ("default",)}
@@ -62,11 +63,65 @@ def _describe(builder) -> str:
 
 def _download_and_prepare(builder, manual_dir) -> None:
   # tfds writes into `<dir>.incomplete.<id>` and renames it only on success,
-  # deleting it on any error: a failed run leaves nothing that loads.
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir) if manual_dir else None))
+  # deleting it on any error: a failed run leaves nothing that loads. It also
+  # makes empty folders and a metadata file first; a failure removes those too.
+  root = os.fspath(builder.data_dir_root)
+  before = _tree(root) if os.path.isdir(root) else None
+  try:
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir) if manual_dir else None))
+  except DataError as e:
+    _remove_scaffolding(root, before, os.path.join(root, builder.name))
+    if not manual_dir and _holds_inputs(builder.name, root):
+      raise DataError(
+          f"{e}\n{root} itself holds {builder.name}'s raw input: pass it as the manual dir "
+          f"(--config.manual_dir={root}, or `python -m metajax.datasets --manual_dir`); "
+          "data_dir is where the prepared data set is written") from e
+    raise
+  except BaseException:
+    _remove_scaffolding(root, before, os.path.join(root, builder.name))
+    raise
+
+
+def _tree(root: str) -> set[str]:
+  """Every path under `root` (nothing if it does not exist)."""
+  paths = set()
+  for folder, dirs, files in os.walk(root):
+    paths.update(os.path.join(folder, n) for n in dirs + files)
+  return paths
+
+
+def _remove_scaffolding(root: str, before: set[str] | None, own: str) -> None:
+  """Removes what a failed preparation added under `root` (`before`: the paths
+  there before it, None if `root` did not exist): new files only inside the
+  data set's own folder `own` (never downloads), then every new folder left
+  empty, deepest first."""
+  new = sorted(_tree(root) - (before or set()), key=len, reverse=True)
+  own = os.path.join(own, "")
+  try:
+    for path in new:
+      if os.path.isfile(path) and path.startswith(own):
+        os.remove(path)
+    for path in new:
+      if os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
+    if before is None and os.path.isdir(root) and not os.listdir(root):
+      os.rmdir(root)
+  except OSError as e:  # a read-only folder: the failure's own error matters more
+    logging.warning("could not remove what the failed preparation left in %s: %s", root, e)
+
+
+def _holds_inputs(name: str, folder: str) -> bool:
+  """Whether `folder` holds `name`'s raw input (archives or unpacked folders)."""
+  if name == "omniglot":
+    return any(find_source(folder, part) for part in OMNIGLOT_PARTS)
+  try:
+    find_inputs(folder)
+  except DataError:
+    return False
+  return True
 
 
 def prepare(name: str, *, config=None, data_dir=None, manual_dir=None) -> Prepared:
