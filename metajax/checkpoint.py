@@ -43,6 +43,10 @@ RESUMABLE_KEYS = frozenset({
     "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "eval_shots",
     "on_nan", "param_sharding", "test_every_step",
 })
+# The keys `python -m metajax.retest` may change: test-time only.
+TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",
+             "eval_seed", "eval_shots", "imaml_eval_lam", "test_every_step", "data_dir",
+             "manual_dir", "num_devices")
 # Not resumable although they only evaluate: val_tasks, eval_batch (which
 # episodes), eval_max_steps, eval_inner_lr, eval_query set the validation score
 # that ranks checkpoints, and scores of two protocols cannot be compared.
@@ -90,10 +94,16 @@ def check_resumable(saved: dict, now: dict, directory: str,
                    f"(the {now['outer_lr_schedule']!r} learning-rate schedule is "
                    f"defined by num_steps{end})")
   if changed:
+    keys = {line.split(":")[0].strip() for line in changed}
+    retest = (f"\nTo test this run under another test-time protocol without training it "
+              f"again: python -m metajax.retest --workdir {os.path.dirname(directory)} "
+              + " ".join(f"--config.{k}=..." for k in sorted(keys & set(TEST_KEYS)))
+              if keys <= set(TEST_KEYS) else "")
     raise ConfigError(
         f"{directory} holds a run with a different config; resuming it would change "
         "what it computes:\n" + "\n".join(changed) + "\nUse a new --workdir, or undo "
-        f"these changes. Keys that may change on resume: {', '.join(sorted(RESUMABLE_KEYS))}")
+        f"these changes. Keys that may change on resume: {', '.join(sorted(RESUMABLE_KEYS))}"
+        + retest)
 
 
 def _not_the_missing_metrics_warning(record) -> bool:

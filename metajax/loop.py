@@ -80,6 +80,29 @@ def _what_now(config, checkpoints: Checkpoints, *, suggest_skip: bool = True) ->
           f"outer_lr={config.outer_lr}) in a new --workdir.")
 
 
+def _check_no_other_run(workdir: str, config_dict: dict) -> None:
+  """Raises ConfigError if `workdir` holds the metrics of a run with another
+  config (one that could not be resumed into this one) but no checkpoint:
+  starting here would overwrite them."""
+  config_path = os.path.join(workdir, "config.json")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if not (os.path.isfile(metrics_path) and os.path.getsize(metrics_path)):
+    return
+  try:
+    with open(config_path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return  # no readable config: nothing to compare with
+  try:
+    check_resumable(saved, config_dict, workdir)
+  except ConfigError as e:
+    changed = "\n".join(line for line in str(e).splitlines() if line.startswith("  ")) or str(e)
+    raise ConfigError(
+        f"{workdir} holds the metrics of a run with a different config and no checkpoint to "
+        f"resume; starting here would overwrite them:\n{changed}\nUse a new --workdir, or "
+        f"delete {workdir} to start over there.") from None
+
+
 def _replace_file(path: str, text: str) -> None:
   """Writes `path` whole or not at all (a crash mid-write leaves the old file)."""
   tmp = f"{path}.tmp{os.getpid()}"
@@ -128,6 +151,8 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
     prior = {k: float(meta.get(k, 0.0)) for k in SESSION_TIMES}
     if progress:
       print(f"resuming from the checkpoint of meta-step {start} in {checkpoints.directory}")
+  else:
+    _check_no_other_run(workdir, config_dict)
   primary = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if primary:  # after the resume check: a refused resume leaves the workdir as it was

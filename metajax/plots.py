@@ -119,5 +119,8 @@ def plot_validation(path, workdirs):
 if __name__ == "__main__":
   if len(sys.argv) < 3:
     sys.exit("usage: python -m metajax.plots OUT.png WORKDIR [WORKDIR ...]")
-  plot_validation(sys.argv[1], sys.argv[2:])
+  try:
+    plot_validation(sys.argv[1], sys.argv[2:])
+  except (FileNotFoundError, ValueError) as e:  # the message names the run and the fix
+    sys.exit(f"error: {e}")
   print(f"wrote {sys.argv[1]}")

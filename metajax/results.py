@@ -68,8 +68,18 @@ def fewshot_table(root: str) -> str:
   return "\n".join(out)
 
 
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  root = argv[0] if argv else "runs"
+  # A table only where it has rows (header and separator are two lines).
+  tables = [t for t in (sinusoid_table(root), fewshot_table(root)) if t.count("\n") > 1]
+  if not tables:
+    print(f"error: no finished run under {root} (a folder of workdirs, each with the "
+          "eval.json that python -m metajax.train writes at the end)", file=sys.stderr)
+    return 1
+  print("\n\n".join(tables))
+  return 0
+
+
 if __name__ == "__main__":
-  root = sys.argv[1] if len(sys.argv) > 1 else "runs"
-  print(sinusoid_table(root))
-  print()
-  print(fewshot_table(root))
+  sys.exit(main())

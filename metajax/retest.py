@@ -31,14 +31,10 @@ import jax
 
 from metajax import config as config_lib
 from metajax import sharding
-from metajax.checkpoint import Checkpoints, check_resumable
-
-# Keys a re-test may change: they decide only how the final test adapts and
-# which episodes it scores, not what was trained or how checkpoints were ranked.
-TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",
-             "eval_seed", "eval_shots", "imaml_eval_lam", "test_every_step", "data_dir",
-             "manual_dir", "num_devices")
-
+# TEST_KEYS, the keys a re-test may change, decide only how the final test
+# adapts and which episodes it scores, not what was trained or how checkpoints
+# were ranked.
+from metajax.checkpoint import TEST_KEYS, Checkpoints, check_resumable
 
 # Episode keys that training does not read where the run set their training
 # counterpart (key -> (that counterpart, what it counts)): Reptile's protocol

@@ -54,6 +54,12 @@ def set_override(config, key: str, raw: str):
   if key not in config:
     raise config_lib.unknown_key_error(key, config.keys())
   old = config[key]
+  if key == "task" and raw != old:
+    # The file's other keys belong to its task (a sinusoid file has no ways).
+    raise config_lib.ConfigError(
+        f"--config.task={raw} on a {old!r} experiment file: the task cannot change from the "
+        f"command line; start from an experiment file of that task (experiments/, e.g. "
+        f"{'omniglot_5w1s_maml.py' if raw != 'sinusoid' else 'sine_maml.py'})")
   try:
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
@@ -224,14 +230,18 @@ def _user_errors():
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
+  workdir = None
   try:
     config_path, workdir, overrides, launch = parse_args(argv)
+    new_workdir = not os.path.exists(workdir)
     config = load_config(config_path, overrides)
     if launch is not None:
       initialize_distributed(launch)
     result = train_and_evaluate(config, workdir)
   except _user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
+    if workdir and new_workdir and os.path.isdir(workdir) and not os.listdir(workdir):
+      os.rmdir(workdir)  # refused before writing anything: leave no empty run behind
     return 2
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr)

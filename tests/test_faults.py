@@ -220,6 +220,19 @@ def test_schedule_length_may_not_change_on_resume():
     check_resumable(saved, now, "DIR")
 
 
+def test_a_changed_test_protocol_is_refused_with_a_pointer_to_retest():
+  from metajax.checkpoint import check_resumable
+  saved = load_config(os.path.join(ROOT, "experiments", "sine_maml.py")).to_dict()
+  now = dict(saved, eval_max_steps=saved["eval_max_steps"] + 5)
+  with pytest.raises(config_lib.ConfigError, match=r"python -m metajax.retest --workdir runs/x "
+                     r"--config.eval_max_steps=\.\.\."):
+    check_resumable(saved, now, "runs/x/checkpoints")
+  now["inner_lr"] = 2 * saved["inner_lr"]  # training changes too: no retest pointer
+  with pytest.raises(config_lib.ConfigError) as e:
+    check_resumable(saved, now, "runs/x/checkpoints")
+  assert "inner_lr" in str(e.value) and "metajax.retest" not in str(e.value)
+
+
 def test_a_scheduled_run_may_end_at_its_last_checkpoint(tmp_path, capsys):
   # A cosine run stopped after its checkpoint of meta-step 40 (of 60): resuming
   # with num_steps=40 takes no step of a changed schedule, so it is allowed and

@@ -157,6 +157,35 @@ def test_cli_unknown_override_is_an_error(tmp_path):
   assert "Traceback" not in p.stderr
 
 
+def test_cli_task_override_names_the_fix(tmp_path):
+  p = _cli("--config", "experiments/sine_maml.py", "--workdir", str(tmp_path / "run"),
+           "--config.task=omniglot")
+  assert p.returncode == 2 and "Traceback" not in p.stderr
+  assert "the task cannot change from the command line" in p.stderr
+  assert "omniglot_5w1s_maml.py" in p.stderr
+
+
+def test_a_refused_run_leaves_no_empty_workdir(tmp_path):
+  # num_devices=2 on this one-device process: refused after the workdir was made.
+  p = _cli("--config", "experiments/sine_maml.py", "--workdir", str(tmp_path / "run"),
+           "--config.num_devices=2")
+  assert p.returncode == 2 and "num_devices" in p.stderr, p.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_another_runs_metrics_without_a_checkpoint_are_not_overwritten(tmp_path):
+  from metajax.train import main
+  other = load_config(os.path.join(ROOT, "experiments", "sine_maml.py"), ["seed=7"])
+  (tmp_path / "config.json").write_text(json.dumps(other.to_dict(), default=str))
+  (tmp_path / "metrics.jsonl").write_text('{"step": 100, "loss": 1.0}\n')
+  args = ["--config", os.path.join(ROOT, "experiments", "sine_maml.py"), "--workdir",
+          str(tmp_path), "--config.num_steps=20", "--config.log_every=10"]
+  assert main(args) == 2
+  assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 100, "loss": 1.0}\n'
+  assert main(args + ["--config.seed=7"]) == 0  # the same run, restarted: fine
+  assert [r["step"] for r in _read_jsonl(tmp_path / "metrics.jsonl")] == [10, 20]
+
+
 def test_cli_end_to_end(tmp_path):
   p = _cli("--config", "experiments/sine_anil.py", "--workdir", str(tmp_path),
            "--config.num_steps=300", "--config.steps_per_call", "100",
@@ -180,6 +209,29 @@ def test_sinusoid_table_skips_few_shot_runs(tmp_path):
   (tmp_path / "omni").mkdir()
   (tmp_path / "omni" / "eval.json").write_text('{"metric": "accuracy", "k_shot_train": 1}')
   assert sinusoid_table(str(tmp_path)).count("\n") == 1  # header rows only
+
+
+def test_results_prints_only_tables_with_rows(tmp_path, capsys):
+  from metajax.results import main as results_main
+  assert results_main([str(tmp_path)]) == 1
+  assert "no finished run under" in capsys.readouterr().err
+  (tmp_path / "sine").mkdir()
+  (tmp_path / "sine" / "eval.json").write_text(json.dumps({
+      "algorithm": "maml", "k_shot_train": 5, "sec_per_meta_step": 1e-3, "compile_s": 1.0,
+      "train_wall_s": 10.0, "num_steps": 100,
+      "by_k_shot": {"5": {"mse": [4.0, 1.0], "ci95": [0.5, 0.1]}}}))
+  assert results_main([str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert "| maml | 5 | sine | 1.000 ± 0.100 | 1.000 ± 0.100 |" in out
+  assert "accuracy" not in out  # no empty few-shot table
+
+
+def test_plots_cli_reports_a_run_without_validation_as_an_error(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "elapsed_s": 1.0}\n')
+  p = subprocess.run([sys.executable, "-m", "metajax.plots", str(tmp_path / "v.png"),
+                      str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert p.returncode == 1 and "Traceback" not in p.stderr
+  assert "has no validation rows" in p.stderr and p.stderr.startswith("error: ")
 
 
 def test_config_overrides_take_both_forms_from_argparse_leftovers():

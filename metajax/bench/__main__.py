@@ -22,7 +22,8 @@ Suites:
               Omniglot training episodes (1 query image per class)
 
 Every cell runs in its own subprocess (peak memory is per cell). Writes
-OUT/SUITE.jsonl and prints a markdown table; with peers, the ratio
+OUT/SUITE.jsonl (OUT/SUITE_PRESET_ALGO.jsonl when --preset/--algo pick
+cells) and prints a markdown table; with peers, the ratio
 metajax / peer from the same run.
 """
 
