@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -137,8 +138,12 @@ class Checkpoints:
     return sorted(self._manager.all_steps())
 
   def save(self, state, meta: dict, score: Optional[float] = None) -> None:
-    """Saves `state` at its step; `score` (higher is better) ranks it for 'best'."""
+    """Saves `state` at its step; `score` (higher is better) ranks it for 'best'.
+    A non-finite score ranks lowest (-inf): NaN would compare as neither better
+    nor worse, and the retention could then delete the real best."""
     step = int(to_host(state.step))
+    if score is not None and not math.isfinite(score):
+      score = -math.inf
     if step in self._manager.all_steps():
       return  # already saved (e.g. the final step of a resumed, finished run)
     self._manager.save(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Callable, Optional
 
@@ -80,6 +81,14 @@ def _what_now(config, checkpoints: Checkpoints, *, suggest_skip: bool = True) ->
           f"outer_lr={config.outer_lr}) in a new --workdir.")
 
 
+def _placement(state) -> str:
+  """Where `state` lives, e.g. "4 cpu devices" (what a resume should match)."""
+  sharding = getattr(jax.tree.leaves(state)[0], "sharding", None)
+  devices = sharding.device_set if sharding is not None else set(jax.devices()[:1])
+  platform = next(iter(devices)).platform
+  return f"{len(devices)} {platform} device{'s' * (len(devices) != 1)}"
+
+
 def _check_no_other_run(workdir: str, config_dict: dict) -> None:
   """Raises ConfigError if `workdir` holds the metrics of a run with another
   config (one that could not be resumed into this one) but no checkpoint:
@@ -140,9 +149,19 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   # Times of a resumed run add up over its sessions (each compiles anew):
   # `prior` holds those of the sessions before this one.
   start, prior = 0, dict.fromkeys(SESSION_TIMES, 0.0)
+  placed_on = _placement(state)
+  in_a_row = 0  # consecutive skipped (non-finite) meta-steps, carried over resumes
   if restored is not None:
     state, meta = restored
     start = int(to_host(state.step))
+    in_a_row = int(meta.get("nan_in_a_row", 0))
+    saved_on = meta.get("placement")
+    if saved_on is not None and saved_on != placed_on and progress:
+      # Allowed (another machine), but the meta-gradient's sums run in another
+      # order, so the run is no longer bitwise equal to an uninterrupted one.
+      print(f"note: the checkpoint was made on {saved_on} and this leg runs on {placed_on}: "
+            "the result will not be bitwise identical to an uninterrupted run",
+            file=sys.stderr)
     if start > config.num_steps:
       raise ConfigError(
           f"num_steps={config.num_steps} is less than the {start} meta-steps already "
@@ -173,7 +192,10 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
     return compiled[n]
 
   t_start = time.perf_counter()
-  run_s, pending, skipped, in_a_row, eval_s = 0.0, [], 0, 0, 0.0
+  run_s, pending, skipped, eval_s = 0.0, [], 0, 0.0
+  if restored is not None and "unlogged" in meta:
+    pending = [np.asarray(meta["unlogged"]["losses"], meta["unlogged"]["dtype"])]
+    skipped = int(meta["unlogged"]["skipped"])
 
   def totals(wall_s):
     session = {"train_wall_s": wall_s, "run_s": run_s, "compile_s": compile_s,
@@ -242,7 +264,14 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
         pending, skipped = [], 0
       if (config.checkpoint_every and at % config.checkpoint_every == 0) \
           or at_end or score is not None:
-        checkpoints.save(state, {"config": config_dict,
+        # The losses not yet logged go with it, so that a resumed run logs the
+        # rows an uninterrupted one would.
+        losses = np.concatenate(pending) if pending else np.zeros(0, np.float32)
+        checkpoints.save(state, {"config": config_dict, "placement": placed_on,
+                                 "nan_in_a_row": in_a_row,
+                                 "unlogged": {"losses": losses.tolist(),
+                                              "dtype": str(losses.dtype),
+                                              "skipped": skipped},
                                  **totals(time.perf_counter() - t_start)}, score=score)
   finally:
     bar.close()

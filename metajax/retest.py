@@ -4,8 +4,9 @@
       --config.eval_max_steps=10 --config.eval_inner_lr=0.1 [--step 4000] [--name lr0.1] \
       [--split validation]
 
-Reads WORKDIR/config.json and one checkpoint (the best-validated one, else the
-newest; or --step), applies the overrides, which may only be test-time keys
+Reads WORKDIR/config.json and one checkpoint (the one the run's own test used:
+the best-validated one, else the newest, and for sinusoid runs, which test
+their final parameters, the newest; or --step), applies the overrides, which may only be test-time keys
 (TEST_KEYS: how many steps and at what rate a task adapts at test, which and
 how many test episodes, where the data is; and k_shot where the run trained on
 k_shot_train shots, as Reptile's protocol tests one run at 1 and at 5 shots,
@@ -137,7 +138,9 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
     if not steps:
       raise config_lib.ConfigError(f"{checkpoints.directory} holds no checkpoint")
     if step is None:
-      step = checkpoints.best_step()
+      # What the run's own eval.json tested: a few-shot run's best-validated
+      # checkpoint; a sinusoid run's final parameters (its newest checkpoint).
+      step = checkpoints.best_step() if config.task != "sinusoid" else None
       which = "best validation"
       if step is None:
         step, which = steps[-1], "newest"

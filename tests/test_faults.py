@@ -267,8 +267,8 @@ def test_restoring_never_unpickles(reference, monkeypatch):
 # ----------------------------------------------------------------- NaN policy
 def _toy_config(**overrides):
   c = config_lib.sinusoid_base()
-  c.update(num_steps=200, steps_per_call=10, log_every=20, checkpoint_every=50,
-           **overrides)
+  c.update(**{**dict(num_steps=200, steps_per_call=10, log_every=20, checkpoint_every=50),
+              **overrides})
   return c
 
 
@@ -303,6 +303,65 @@ def test_retention_keeps_the_newest_and_the_best_scored(tmp_path):
   restored, meta = ckpts.restore(4, state)
   assert meta == {"n": 4}
   np.testing.assert_array_equal(np.asarray(restored.params), [4.0, 4.0, 4.0])
+
+def test_a_nonfinite_score_ranks_lowest_and_never_evicts_the_best(tmp_path):
+  ckpts = Checkpoints(str(tmp_path / "c"), keep=2)
+  state = _toy_state()
+  for step, score in {2: 0.9, 4: float("nan"), 6: 0.5, 8: float("inf")}.items():
+    ckpts.save(state.replace(step=jnp.asarray(step, jnp.int32)), {}, score=score)
+  assert ckpts.best_step() == 2 and ckpts.steps() == [2, 6, 8]
+
+
+def _step_loss_step(nan_at=None):
+  """A fake meta-step whose loss is its (1-based) step number (NaN at `nan_at`)."""
+  def meta_step(state, key, data=None):
+    step = state.step + 1
+    loss = jnp.where(step == (nan_at or -1), jnp.nan, step.astype(jnp.float32))
+    return (state.replace(step=step, params=state.params + 1.0),
+            {"loss": loss, "skipped": step < 0})
+  return meta_step
+
+
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):
+  # checkpoint_every=50 is not a multiple of log_every=20: after a stop at step
+  # 61 the resumed leg's first row (60) must still average steps 41-60.
+  config = _toy_config(num_steps=100)
+  loop.run(config, _toy_state(), _step_loss_step(), str(tmp_path / "a"),
+           Checkpoints(str(tmp_path / "a" / "c")), progress=False)
+  with pytest.raises(FloatingPointError, match="meta-step 61"):
+    loop.run(config, _toy_state(), _step_loss_step(nan_at=61), str(tmp_path / "b"),
+             Checkpoints(str(tmp_path / "b" / "c")), progress=False)
+  loop.run(config, _toy_state(), _step_loss_step(), str(tmp_path / "b"),
+           Checkpoints(str(tmp_path / "b" / "c")), progress=False)
+  rows = {w: [(r["step"], r["loss"], r["loss_last"]) for r in map(
+      json.loads, open(tmp_path / w / "metrics.jsonl"))] for w in "ab"}
+  assert rows["a"] == rows["b"]
+  assert rows["a"][2] == (60, 50.5, 60.0)  # steps 41-60
+
+
+def test_the_skips_in_a_row_carry_over_a_resume(tmp_path):
+  config = _toy_config(on_nan="skip")
+  ckpts = lambda: Checkpoints(str(tmp_path / "c"))
+  loop.run(_toy_config(on_nan="skip", num_steps=100), _toy_state(),
+           _counting_step(range(41, 200)), str(tmp_path), ckpts(), progress=False)
+  with pytest.raises(FloatingPointError, match="meta-steps 41 to 140 all had a non-finite"):
+    loop.run(config, _toy_state(), _counting_step(range(41, 200)), str(tmp_path), ckpts(),
+             progress=False)
+
+
+def test_a_resume_on_other_devices_says_it_is_not_bitwise(tmp_path, monkeypatch, capsys):
+  assert loop._placement(_toy_state()) == "1 cpu device"
+  ckpts = lambda: Checkpoints(str(tmp_path / "c"))
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_placement", lambda state: "4 cpu devices")
+    loop.run(_toy_config(num_steps=50), _toy_state(), _counting_step([]), str(tmp_path),
+             ckpts(), progress=True)
+  assert "note:" not in capsys.readouterr().err
+  loop.run(_toy_config(num_steps=100), _toy_state(), _counting_step([]), str(tmp_path),
+           ckpts(), progress=True)
+  assert ("note: the checkpoint was made on 4 cpu devices and this leg runs on 1 cpu device"
+          in capsys.readouterr().err)
+
 
 def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
   checkpoints = Checkpoints(str(tmp_path / "checkpoints"))
