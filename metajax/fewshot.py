@@ -124,9 +124,11 @@ class Setup:
   std: Any
 
 
-def setup(config, image_shape, train_images=None) -> Setup:
+def setup(config, image_shape, train_images=None, training: bool = True) -> Setup:
   """Algorithm, model, outer optimizer, device mesh and initial state of a config.
-  `train_images` is needed only for input_norm="standardize" (its statistics)."""
+  `train_images` is needed only for input_norm="standardize" (its statistics).
+  training=False (a re-test) skips the check that meta_batch splits over the
+  devices: testing never splits a meta-batch."""
   mean, std = (None, None)
   if config.input_norm == "standardize":
     mean, std = channel_stats(train_images)
@@ -135,7 +137,8 @@ def setup(config, image_shape, train_images=None) -> Setup:
   problem = problem_for(config, image_shape)
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
-  sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
+  if training:
+    sharding.check_divisible(config.meta_batch, mesh, algo.task_chunk, algo.batching)
   state = initial_state(config, algo, problem, optimizer, mesh)
   return Setup(algo, conv, problem, optimizer, mesh, state, mean, std)
 

@@ -74,12 +74,12 @@ def _prepare(config, split: str):
                         queries=config.eval_query, split=f"{split} split")
     train_images = (fewshot.load_images(config, "train")
                     if config.input_norm == "standardize" else None)
-    s = fewshot.setup(config, images.shape[2:], train_images)
+    s = fewshot.setup(config, images.shape[2:], train_images, training=False)
     return s.state, lambda state: dict(fewshot.run_test(config, s, state, images),
                                        split=split)
   from metajax.evaluate import evaluate
   from metajax.train import sinusoid_setup
-  algo, problem, _, _, template = sinusoid_setup(config)
+  algo, problem, _, _, template = sinusoid_setup(config, training=False)
   return template, lambda state: dict(
       evaluate(config, algo, problem, sharding.host_tree(state.adaptation_params())),
       algorithm=config.algorithm)

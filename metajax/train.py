@@ -151,14 +151,17 @@ def initialize_distributed(launch: dict) -> None:
 
 
 # ----------------------------------------------------------------- training
-def sinusoid_setup(config):
+def sinusoid_setup(config, training: bool = True):
   """(algo, problem, optimizer, mesh, state) of a sinusoid config; `state` is
-  the placed initial TrainState, also the template checkpoints restore into."""
+  the placed initial TrainState, also the template checkpoints restore into.
+  training=False (a re-test) skips the check that meta_batch splits over the
+  devices: testing never splits a meta-batch."""
   algo = Algorithm.from_config(config)
   problem = Problem(config)
   optimizer = make_outer_optimizer(config)
   mesh = sharding.make_mesh(config.num_devices)
-  sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
+  if training:
+    sharding.check_divisible(config.meta_batch, mesh, config.task_chunk, algo.batching)
   return algo, problem, optimizer, mesh, initial_state(config, algo, problem, optimizer, mesh)
 
 

@@ -197,6 +197,16 @@ def test_training_cli_uses_all_devices_and_refuses_an_uneven_split(tmp_path, cap
   capsys.readouterr()
   assert main([*args, "--workdir", str(tmp_path / "c"), "--config.meta_batch=25"]) == 2
   assert "meta_batch=25 does not split evenly over 8 devices" in capsys.readouterr().err
+  # Trained on one device with meta_batch=25, re-tested on all 8: a test splits
+  # no meta-batch, so it is not refused, and it scores what the run's test did.
+  assert main([*args, "--workdir", str(tmp_path / "d"), "--config.meta_batch=25",
+               "--config.num_devices=1"]) == 0
+  from metajax.retest import retest
+  again = retest(str(tmp_path / "d"), ["num_devices=0"])
+  trained = json.load(open(tmp_path / "d" / "eval.json"))
+  assert again["checkpoint_step"] == 40
+  np.testing.assert_allclose(again["by_k_shot"]["5"]["mse"], trained["by_k_shot"]["5"]["mse"],
+                             rtol=1e-5)
 
 
 @eight
