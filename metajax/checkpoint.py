@@ -99,7 +99,7 @@ def check_resumable(saved: dict, now: dict, directory: str,
     retest = (f"\nTo test this run under another test-time protocol without training it "
               f"again: python -m metajax.retest --workdir {os.path.dirname(directory)} "
               + " ".join(f"--config.{k}=..." for k in sorted(keys & set(TEST_KEYS)))
-              if keys <= set(TEST_KEYS) else "")
+              if keys <= set(TEST_KEYS) - {"num_devices"} else "")
     raise ConfigError(
         f"{directory} holds a run with a different config; resuming it would change "
         "what it computes:\n" + "\n".join(changed) + "\nUse a new --workdir, or undo "

@@ -81,6 +81,13 @@ def _what_now(config, checkpoints: Checkpoints, *, suggest_skip: bool = True) ->
           f"outer_lr={config.outer_lr}) in a new --workdir.")
 
 
+# Keys that change how a run is computed, not what: a run that crashed before
+# its first checkpoint may be restarted with them changed (e.g. after running
+# out of memory), over its own metrics.
+HOW_KEYS = frozenset({"unroll", "remat", "batching", "task_chunk", "conv_impl", "num_devices",
+                      "param_sharding", "steps_per_call"})
+
+
 def _placement(state) -> str:
   """Where `state` lives, e.g. "4 cpu devices" (what a resume should match)."""
   sharding = getattr(jax.tree.leaves(state)[0], "sharding", None)
@@ -105,7 +112,10 @@ def _check_no_other_run(workdir: str, config_dict: dict) -> None:
   try:
     check_resumable(saved, config_dict, workdir)
   except ConfigError as e:
-    changed = "\n".join(line for line in str(e).splitlines() if line.startswith("  ")) or str(e)
+    lines = [line for line in str(e).splitlines() if line.startswith("  ")]
+    if lines and {line.split(":")[0].strip() for line in lines} <= HOW_KEYS:
+      return  # the same experiment computed another way (e.g. less memory)
+    changed = "\n".join(lines) or str(e)
     raise ConfigError(
         f"{workdir} holds the metrics of a run with a different config and no checkpoint to "
         f"resume; starting here would overwrite them:\n{changed}\nUse a new --workdir, or "

@@ -92,6 +92,11 @@ def test_soak_deletes_only_an_earlier_soaks_workdir(tmp_path, capsys):
   assert exit_info.value.code == 2
   assert "holds files a soak does not write (my_notes.txt)" in capsys.readouterr().err
   assert (tmp_path / "my_notes.txt").read_text() == "keep me"
+  # A training run's workdir (no soak.json), even with only names a soak writes.
+  os.remove(tmp_path / "my_notes.txt")
+  os.remove(tmp_path / "soak.json")
+  with pytest.raises(ValueError, match="holds no soak.json"):
+    soak.check_workdir(str(tmp_path))
 
 
 def _run_probe(code: str) -> dict:

@@ -337,6 +337,29 @@ def test_raw_input_given_as_data_dir_says_to_pass_it_as_manual_dir(tmp_path, off
   _assert_nothing_prepared("omniglot", tmp_path / "tfds", TINY_MAML)
 
 
+def test_a_failed_preparation_keeps_what_another_process_prepared_meanwhile(tmp_path, offline,
+                                                                           monkeypatch):
+  # While this preparation of tiny_maml runs (and then fails), another process
+  # prepares the tiny_other variant into the same data_dir: it must survive.
+  write_omniglot(tmp_path / "raw", drawings=1)
+  other = OmniglotConfig(name="tiny_other", num_characters=6, num_train=2, num_validation=2)
+  real = loading.Omniglot.download_and_prepare
+
+  def prepare_other_then_fail(self, *args, **kwargs):
+    if self.builder_config.name == "tiny_maml":
+      prepare("omniglot", config=other, data_dir=tmp_path / "tfds",
+              manual_dir=tmp_path / "raw")
+      raise DataError("this preparation failed")
+    return real(self, *args, **kwargs)
+  monkeypatch.setattr(loading.Omniglot, "download_and_prepare", prepare_other_then_fail)
+  with pytest.raises(DataError, match="this preparation failed"):
+    prepare("omniglot", config=TINY_MAML, data_dir=tmp_path / "tfds",
+            manual_dir=tmp_path / "raw")
+  assert loading.make_builder("omniglot", config=other, data_dir=tmp_path / "tfds").is_prepared()
+  assert load_split("omniglot", "train", config=other, data_dir=tmp_path / "tfds",
+                    download=False).shape[0] == 2 * 4
+
+
 def test_omniglot_one_archive_missing(tmp_path, offline):
   write_omniglot(tmp_path / "raw", drawings=1, parts=("images_background",))
   with pytest.raises(DataError, match="images_evaluation"):

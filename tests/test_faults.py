@@ -231,6 +231,9 @@ def test_a_changed_test_protocol_is_refused_with_a_pointer_to_retest():
   with pytest.raises(config_lib.ConfigError) as e:
     check_resumable(saved, now, "runs/x/checkpoints")
   assert "inner_lr" in str(e.value) and "metajax.retest" not in str(e.value)
+  with pytest.raises(config_lib.ConfigError) as e:  # more devices: still training, no pointer
+    check_resumable(saved, dict(saved, num_devices=4), "runs/x/checkpoints")
+  assert "num_devices" in str(e.value) and "metajax.retest" not in str(e.value)
 
 
 def test_a_scheduled_run_may_end_at_its_last_checkpoint(tmp_path, capsys):

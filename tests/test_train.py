@@ -184,6 +184,10 @@ def test_another_runs_metrics_without_a_checkpoint_are_not_overwritten(tmp_path)
   assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 100, "loss": 1.0}\n'
   assert main(args + ["--config.seed=7"]) == 0  # the same run, restarted: fine
   assert [r["step"] for r in _read_jsonl(tmp_path / "metrics.jsonl")] == [10, 20]
+  # Restarted computed another way (e.g. after running out of memory): fine too.
+  import shutil
+  shutil.rmtree(tmp_path / "checkpoints")
+  assert main(args + ["--config.seed=7", "--config.batching=scan", "--config.remat=true"]) == 0
 
 
 def test_cli_end_to_end(tmp_path):

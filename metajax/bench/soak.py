@@ -9,8 +9,9 @@ every `--every` steps and a metrics row (with the process's resident memory)
 every `--log_every`. Memory growth is measured after warm-up (the first 10%
 of steps: compilation, first saves): (max RSS after warm-up - RSS at the end
 of warm-up) / RSS at the end of warm-up. Deletes WORKDIR first (only an
-earlier soak's: any other non-empty folder is refused), then writes
-WORKDIR/soak.json and WORKDIR/soak.png; exits 1 if the growth is 5% or more.
+earlier soak's, with its soak.json: any other non-empty folder is refused),
+then writes WORKDIR/soak.json and WORKDIR/soak.png; exits 1 if the growth is
+5% or more.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ SOAK_FILES = frozenset({"config.json", "metrics.jsonl", "checkpoints", "eval.jso
 
 
 def check_workdir(workdir: str) -> None:
-  """Raises ValueError unless `workdir` is absent, empty, or an earlier soak's."""
+  """Raises ValueError unless `workdir` is absent, empty, or an earlier soak's
+  (its soak.json and nothing a soak does not write)."""
   if not os.path.isdir(workdir):
     if os.path.exists(workdir):
       raise ValueError(f"--workdir {workdir} is a file, not a folder")
     return
-  other = sorted(set(os.listdir(workdir)) - SOAK_FILES)
+  names = set(os.listdir(workdir))
+  if names and "soak.json" not in names:
+    raise ValueError(
+        f"--workdir {workdir} is not empty and holds no soak.json (not an earlier soak's); "
+        "a soak deletes its workdir first, so give it a new or empty folder")
+  other = sorted(names - SOAK_FILES)
   if other:
     raise ValueError(
         f"--workdir {workdir} holds files a soak does not write ({', '.join(other[:5])}"

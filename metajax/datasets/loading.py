@@ -95,15 +95,17 @@ def _tree(root: str) -> set[str]:
 
 def _remove_scaffolding(root: str, before: set[str] | None, own: str) -> None:
   """Removes what a failed preparation added under `root` (`before`: the paths
-  there before it, None if `root` did not exist): new files only inside the
-  data set's own folder `own` (never downloads), then every new folder left
-  empty, deepest first."""
+  there before it, None if `root` did not exist): the data set's new
+  `.config/metadata.json` unless some variant of it is prepared (another
+  process may have finished one meanwhile), then every new folder left empty,
+  deepest first. No other file is removed: tfds deletes its own incomplete
+  folder, and downloads or another variant's files must stay."""
   new = sorted(_tree(root) - (before or set()), key=len, reverse=True)
-  own = os.path.join(own, "")
+  metadata = os.path.join(own, ".config", "metadata.json")
   try:
-    for path in new:
-      if os.path.isfile(path) and path.startswith(own):
-        os.remove(path)
+    prepared = any("dataset_info.json" in files for _, _, files in os.walk(own))
+    if metadata in new and not prepared:
+      os.remove(metadata)
     for path in new:
       if os.path.isdir(path) and not os.listdir(path):
         os.rmdir(path)
