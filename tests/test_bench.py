@@ -70,6 +70,19 @@ def test_soak_refuses_arguments_it_would_drop(argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
+def test_a_peer_cell_process_loads_no_jax():
+  """The PyTorch peers run under metajax.bench; their memory must not count JAX."""
+  import importlib.util
+  modules = ["metajax.bench.__main__", "metajax.bench.memory", "metajax.bench.presets"]
+  if importlib.util.find_spec("torch") is not None:
+    modules.append("metajax.bench.torch_peers")
+  loaded = _run_probe(
+      "import json, sys\n" + "".join(f"import {m}\n" for m in modules)
+      + "print(json.dumps({'loaded': [m for m in ('jax', 'jaxlib', 'optax', 'flax') "
+      "if m in sys.modules]}))")
+  assert loaded == {"loaded": []}
+
+
 def test_soak_refuses_a_warmup_without_a_metrics_row(capsys):
   from metajax.bench import soak
   with pytest.raises(SystemExit) as exit_info:

@@ -89,10 +89,6 @@ def run_cell(cell: dict) -> dict:
   compile_device_peak_mb = _device_peak_mb()
   mem = compiled.memory_analysis()
   xla_temp_mb = None if mem is None else mem.temp_size_in_bytes / 2**20
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list):
-    cost = cost[0] if cost else None
-  flops = None if not cost else cost.get("flops")
 
   times, losses = [], []
   for i in range(iters + 1):  # the first is a warm-up
@@ -111,7 +107,6 @@ def run_cell(cell: dict) -> dict:
       run_rss_mb=memory.run_mb(mark),
       device_peak_mb=_device_peak_mb(), compile_device_peak_mb=compile_device_peak_mb,
       xla_temp_mb=xla_temp_mb,
-      xla_gflop=None if flops is None else flops / per_call / 1e9,
       tasks_per_s=meta_batch / median, loss=losses[-1],
       backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
       jax_version=jax.__version__, compiler_options=options,
