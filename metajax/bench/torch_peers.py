@@ -109,6 +109,8 @@ def make_step_loop(algo, p, params, opt):
                           xs[t], ys[t], steps, lr, create_graph=False)
         for q, f in zip(params, phi):
           q.grad = (q.grad if q.grad is not None else 0) + (q.detach() - f.detach()) / p["meta_batch"]
+        with torch.no_grad():  # the query loss metajax's Reptile step also reports
+          total = total + _loss([f.detach() for f in phi], xq[t], yq[t]) / p["meta_batch"]
         continue
       phi = _adapt_loop(params, xs[t], ys[t], steps, lr,
                         create_graph=algo == "maml")
