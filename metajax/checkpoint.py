@@ -53,24 +53,24 @@ TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eva
 # that ranks checkpoints, and scores of two protocols cannot be compared.
 
 
-def config_diff(saved: dict, now: dict) -> list[str]:
-  """'key: saved -> now' for every key whose value differs (JSON-normalised)."""
+def config_diff(saved: dict, now: dict) -> dict[str, str]:
+  """{key: "  key: saved -> now"} for every key whose value differs (JSON-normalised)."""
   norm = lambda d: json.loads(json.dumps(d, default=str))
   saved, now = norm(saved), norm(now)
-  return [f"  {k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
-          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  return {k: f"  {k}: {saved.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+          for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
 
 
-def check_resumable(saved: dict, now: dict, directory: str,
-                    done_steps: Optional[int] = None) -> None:
-  """Raises ConfigError if `now` changes anything but RESUMABLE_KEYS.
+def resume_changes(saved: dict, now: dict, directory: str,
+                   done_steps: Optional[int] = None) -> dict[str, str]:
+  """{key: diff line} of what `now` changes beyond RESUMABLE_KEYS (empty: resumable).
 
   A key the saved config lacks (added to metajax after the run began) counts
   as unchanged when `now` has it at its default, which is what the run used.
   num_steps may always change under a constant outer rate; under a schedule
   (defined by num_steps) only to `done_steps`, the meta-step of the checkpoint
   being resumed: the run then ends there and is tested, taking no step of a
-  changed schedule.
+  changed schedule. Raises ConfigError for a run no config can resume.
   """
   if saved.get("inner_optimizer") == "adam" and "carry_inner_adam" not in saved:
     raise ConfigError(
@@ -83,28 +83,35 @@ def check_resumable(saved: dict, now: dict, directory: str,
   for key, value in now.items():
     if key not in saved and key in base and value == base[key]:
       saved[key] = value
-  changed = [line for line in config_diff(saved, now)
-             if line.split(":")[0].strip() not in RESUMABLE_KEYS]
+  changed = {k: line for k, line in config_diff(saved, now).items()
+             if k not in RESUMABLE_KEYS}
   if (saved.get("num_steps") != now.get("num_steps")
       and now.get("outer_lr_schedule", "constant") != "constant"
       and (done_steps is None or now.get("num_steps") != done_steps)):
     end = "" if done_steps is None else (
         f"; num_steps={done_steps} ends the run at its checkpoint of meta-step "
         f"{done_steps} and tests it")
-    changed.append(f"  num_steps: {saved.get('num_steps')!r} -> {now.get('num_steps')!r} "
-                   f"(the {now['outer_lr_schedule']!r} learning-rate schedule is "
-                   f"defined by num_steps{end})")
+    changed["num_steps"] = (f"  num_steps: {saved.get('num_steps')!r} -> "
+                            f"{now.get('num_steps')!r} (the {now['outer_lr_schedule']!r} "
+                            f"learning-rate schedule is defined by num_steps{end})")
+  return changed
+
+
+def check_resumable(saved: dict, now: dict, directory: str,
+                    done_steps: Optional[int] = None) -> None:
+  """Raises ConfigError if `now` changes anything but RESUMABLE_KEYS
+  (`resume_changes`), with the diff."""
+  changed = resume_changes(saved, now, directory, done_steps)
   if changed:
-    keys = {line.split(":")[0].strip() for line in changed}
     retest = (f"\nTo test this run under another test-time protocol without training it "
               f"again: python -m metajax.retest --workdir {os.path.dirname(directory)} "
-              + " ".join(f"--config.{k}=..." for k in sorted(keys & set(TEST_KEYS)))
-              if keys <= set(TEST_KEYS) - {"num_devices"} else "")
+              + " ".join(f"--config.{k}=..." for k in sorted(changed))
+              if set(changed) <= set(TEST_KEYS) - {"num_devices"} else "")
     raise ConfigError(
         f"{directory} holds a run with a different config; resuming it would change "
-        "what it computes:\n" + "\n".join(changed) + "\nUse a new --workdir, or undo "
-        f"these changes. Keys that may change on resume: {', '.join(sorted(RESUMABLE_KEYS))}"
-        + retest)
+        "what it computes:\n" + "\n".join(changed.values()) + "\nUse a new --workdir, or "
+        f"undo these changes. Keys that may change on resume: "
+        f"{', '.join(sorted(RESUMABLE_KEYS))}" + retest)
 
 
 def _not_the_missing_metrics_warning(record) -> bool:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from metajax.checkpoint import Checkpoints, check_resumable
+from metajax.checkpoint import Checkpoints, check_resumable, resume_changes
 from metajax.config import ConfigError
 from metajax.sharding import to_host
 from metajax.step import compile_lowered, make_train_chunk
@@ -110,16 +110,15 @@ def _check_no_other_run(workdir: str, config_dict: dict) -> None:
   except (OSError, ValueError):
     return  # no readable config: nothing to compare with
   try:
-    check_resumable(saved, config_dict, workdir)
-  except ConfigError as e:
-    lines = [line for line in str(e).splitlines() if line.startswith("  ")]
-    if lines and {line.split(":")[0].strip() for line in lines} <= HOW_KEYS:
-      return  # the same experiment computed another way (e.g. less memory)
-    changed = "\n".join(lines) or str(e)
-    raise ConfigError(
-        f"{workdir} holds the metrics of a run with a different config and no checkpoint to "
-        f"resume; starting here would overwrite them:\n{changed}\nUse a new --workdir, or "
-        f"delete {workdir} to start over there.") from None
+    changed = resume_changes(saved, config_dict, workdir)
+  except ConfigError as e:  # a run no config can resume
+    changed = {"": str(e)}
+  if set(changed) <= HOW_KEYS:
+    return  # the same experiment (computed another way, e.g. with less memory)
+  raise ConfigError(
+      f"{workdir} holds the metrics of a run with a different config and no checkpoint to "
+      f"resume; starting here would overwrite them:\n" + "\n".join(changed.values())
+      + f"\nUse a new --workdir, or delete {workdir} to start over there.")
 
 
 def _replace_file(path: str, text: str) -> None:

@@ -276,12 +276,13 @@ def _toy_config(**overrides):
 
 
 def _counting_step(nan_steps):
-  """A fake meta-step: params += 1; loss is NaN at the (1-based) `nan_steps`."""
+  """A fake meta-step: params += 1; the loss is the (1-based) step number, NaN
+  at `nan_steps`."""
   nan_steps = jnp.asarray(sorted(nan_steps) or [-1])
 
   def meta_step(state, key, data=None):
     step = state.step + 1
-    loss = jnp.where(jnp.any(step == nan_steps), jnp.nan, 1.0)
+    loss = jnp.where(jnp.any(step == nan_steps), jnp.nan, step.astype(jnp.float32))
     return (state.replace(step=step, params=state.params + 1.0),
             {"loss": loss, "skipped": ~jnp.isfinite(loss)})
   return meta_step
@@ -315,26 +316,16 @@ def test_a_nonfinite_score_ranks_lowest_and_never_evicts_the_best(tmp_path):
   assert ckpts.best_step() == 2 and ckpts.steps() == [2, 6, 8]
 
 
-def _step_loss_step(nan_at=None):
-  """A fake meta-step whose loss is its (1-based) step number (NaN at `nan_at`)."""
-  def meta_step(state, key, data=None):
-    step = state.step + 1
-    loss = jnp.where(step == (nan_at or -1), jnp.nan, step.astype(jnp.float32))
-    return (state.replace(step=step, params=state.params + 1.0),
-            {"loss": loss, "skipped": step < 0})
-  return meta_step
-
-
 def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):
   # checkpoint_every=50 is not a multiple of log_every=20: after a stop at step
   # 61 the resumed leg's first row (60) must still average steps 41-60.
   config = _toy_config(num_steps=100)
-  loop.run(config, _toy_state(), _step_loss_step(), str(tmp_path / "a"),
+  loop.run(config, _toy_state(), _counting_step([]), str(tmp_path / "a"),
            Checkpoints(str(tmp_path / "a" / "c")), progress=False)
   with pytest.raises(FloatingPointError, match="meta-step 61"):
-    loop.run(config, _toy_state(), _step_loss_step(nan_at=61), str(tmp_path / "b"),
+    loop.run(config, _toy_state(), _counting_step([61]), str(tmp_path / "b"),
              Checkpoints(str(tmp_path / "b" / "c")), progress=False)
-  loop.run(config, _toy_state(), _step_loss_step(), str(tmp_path / "b"),
+  loop.run(config, _toy_state(), _counting_step([]), str(tmp_path / "b"),
            Checkpoints(str(tmp_path / "b" / "c")), progress=False)
   rows = {w: [(r["step"], r["loss"], r["loss_last"]) for r in map(
       json.loads, open(tmp_path / w / "metrics.jsonl"))] for w in "ab"}

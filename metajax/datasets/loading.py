@@ -72,16 +72,13 @@ def _download_and_prepare(builder, manual_dir) -> None:
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir) if manual_dir else None))
-  except DataError as e:
+  except BaseException as e:
     _remove_scaffolding(root, before, os.path.join(root, builder.name))
-    if not manual_dir and _holds_inputs(builder.name, root):
+    if isinstance(e, DataError) and not manual_dir and _holds_inputs(builder.name, root):
       raise DataError(
           f"{e}\n{root} itself holds {builder.name}'s raw input: pass it as the manual dir "
           f"(--config.manual_dir={root}, or `python -m metajax.datasets --manual_dir`); "
           "data_dir is where the prepared data set is written") from e
-    raise
-  except BaseException:
-    _remove_scaffolding(root, before, os.path.join(root, builder.name))
     raise
 
 
