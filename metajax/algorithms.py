@@ -42,7 +42,7 @@ class Algorithm:
   head_only: bool = False           # ANIL
   inner_optimizer: str = "sgd"      # Reptile may use "adam"
   unroll: bool = False
-  remat: bool = False
+  remat: Any = False                # bool or "off" | "dots" | "full" | "auto" (inner.remat_mode)
   batching: str = "vmap"            # see metajax.batching
   task_chunk: int = 1
   inner_batch: int = 0              # Reptile: support rows per inner step (0: all)

@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from metajax.config import ConfigError, base_for
+from metajax.config import ConfigError, base_for, upgrade_saved
 from metajax.sharding import to_host
 
 # Keys that may change when a run is resumed: they set how long it runs, what
@@ -78,8 +78,9 @@ def resume_changes(saved: dict, now: dict, directory: str,
         "metajax, whose inner Adam used beta2 = 0.99 and a fresh state per task (now "
         "beta2 = 0.999, as Reptile's reference code); resuming it would mix the two. "
         "Start it again in a new --workdir.")
+  # Both may be a saved config (retest compares a run's config.json with its checkpoint's).
+  saved, now = upgrade_saved(saved), upgrade_saved(now)
   base = base_for(now)
-  saved = dict(saved)
   for key, value in now.items():
     if key not in saved and key in base and value == base[key]:
       saved[key] = value

@@ -24,6 +24,16 @@ BN_MODES = ("transductive", "per_step", "none")
 CONV_IMPLS = ("auto", "xla", "im2col", "shifted", "hybrid")
 DOWNSAMPLES = ("max_pool", "stride")  # metajax.models.DOWNSAMPLES
 IMAML_INNER = ("proximal", "gd_then_pull")  # iMAML's training inner loop (metajax.imaml)
+REMAT = ("auto", "off", "dots", "full")  # "auto" + metajax.inner.REMAT_MODES
+
+
+def upgrade_saved(saved: dict) -> dict:
+  """A run's saved config with values an older metajax wrote in today's form:
+  remat was a bool (True: each inner step recomputed, now "full"). A copy."""
+  saved = dict(saved)
+  if isinstance(saved.get("remat"), bool):
+    saved["remat"] = "full" if saved["remat"] else "off"
+  return saved
 
 
 def sinusoid_base() -> ml_collections.ConfigDict:
@@ -48,7 +58,9 @@ def sinusoid_base() -> ml_collections.ConfigDict:
   c.carry_inner_adam = False    # Reptile + adam: moments carry across tasks (reference code)
   c.inner_batch = 0             # support rows per inner step in training; 0 = all
   c.unroll = False              # Python-unrolled inner loop instead of lax.scan
-  c.remat = False               # jax.checkpoint each inner step
+  c.remat = "off"               # off | dots | full | auto: what jax.checkpoint keeps of
+                                # each inner step (metajax.inner.remat_mode); a 40-40 MLP
+                                # has no memory worth saving
   c.metasgd_lr_range = (0.005, 0.1)  # Meta-SGD's U[a, b] initial inner rates
   # Outer loop.
   c.meta_batch = 25
@@ -162,7 +174,10 @@ def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
   # shuffled support set (Reptile's minibatches); 0 = all. Tests use all.
   c.inner_batch = 0
   c.unroll = False
-  c.remat = False
+  # What the backward pass keeps of each inner step: off (everything), dots
+  # (the matrix products' outputs), full (nothing: each step is recomputed),
+  # auto (dots for second order with >= 2 steps on CPU; metajax.inner.remat_mode).
+  c.remat = "auto"
   c.metasgd_lr_range = (0.005, 0.1)
   # Outer loop.
   c.meta_batch = 32
@@ -214,7 +229,8 @@ _CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
             "bn": BN_MODES, "conv_impl": CONV_IMPLS, "downsample": DOWNSAMPLES,
             "input_norm": ("unit", "standardize"), "on_nan": ("stop", "skip"),
-            "param_sharding": ("replicated", "sharded"), "imaml_inner": IMAML_INNER}
+            "param_sharding": ("replicated", "sharded"), "imaml_inner": IMAML_INNER,
+            "remat": REMAT}
 
 
 def _check_bn_outer_only(config) -> None:
@@ -307,7 +323,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"{key} must be a finite number > 0, got {v!r}")
   for key, choices in _CHOICES.items():
     if key in base and config[key] not in choices:
-      raise ConfigError(f"{key} must be one of {choices}, got {config[key]!r}")
+      was = (" (remat is no longer a bool: True is now 'full', False 'off')"
+             if key == "remat" and str(config[key]).lower() in ("true", "false") else "")
+      raise ConfigError(f"{key} must be one of {choices}, got {config[key]!r}{was}")
   for key in ("eval_shots", "hidden"):
     if key not in base:
       continue

@@ -31,7 +31,7 @@ def maml_loss(
     first_order: bool = False,
     mask: Optional[PyTree] = None,
     unroll: bool = False,
-    remat: bool = False,
+    remat: Any = False,
     lr_per_step: bool = False,
     step_arg: bool = False,
     step_weights: Optional[jax.Array] = None,

@@ -52,6 +52,7 @@ def retest_keys(saved: dict) -> tuple:
 
 def config_from_json(saved: dict):
   """The ConfigDict a run saved as JSON (tuples come back from JSON lists)."""
+  saved = config_lib.upgrade_saved(saved)
   config = config_lib.base_for(saved)
   for key, value in saved.items():
     if key not in config:

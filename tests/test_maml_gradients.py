@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -87,14 +88,59 @@ def test_zero_steps_is_plain_loss():
       tanh_mlp_loss(params, task["query"]), rtol=1e-6)
 
 
-def test_remat_gives_the_same_gradient():
+@pytest.mark.parametrize("remat", [True, "full", "dots", "auto"])
+def test_remat_gives_the_finite_difference_gradient(remat):
   with jax.enable_x64(True):
     params = tanh_mlp_params(jax.random.PRNGKey(7))
     task = random_task(jax.random.PRNGKey(8))
-    g = [ravel_pytree(jax.grad(lambda p: metajax.maml_loss(
-        tanh_mlp_loss, p, task, steps=3, lr=0.2, remat=r))(params))[0]
-         for r in (False, True)]
-    np.testing.assert_allclose(g[0], g[1], rtol=1e-12)
+    flat, unravel = ravel_pytree(params)
+    loss = lambda p, r: metajax.maml_loss(tanh_mlp_loss, p, task, steps=3, lr=0.2, remat=r)
+    grad = ravel_pytree(jax.grad(loss)(params, remat))[0]
+    fd = central_fd_grad(jax.jit(lambda v: loss(unravel(v), False)), flat)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
+
+
+def _remat_policies(fn, *args):
+  """The policy of every jax.checkpoint in fn's program (None: save nothing)."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if "policy" in eqn.params and "prevent_cse" in eqn.params:  # a checkpoint
+        found.append(eqn.params["policy"])
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+@pytest.mark.parametrize("remat,first_order,steps,policies", [
+    (False, False, 3, []), ("off", False, 3, []), (True, False, 3, [None]),
+    ("full", True, 3, [None]),  # asked for by name: taken even at first order
+    ("dots", False, 3, ["dots"]), ("auto", False, 3, ["dots"]),  # on CPU (the tests' backend)
+    ("auto", False, 1, []), ("auto", True, 3, [])])
+def test_each_remat_mode_puts_its_checkpoint_around_the_inner_step(remat, first_order,
+                                                                    steps, policies):
+  params = tanh_mlp_params(jax.random.PRNGKey(7))
+  task = random_task(jax.random.PRNGKey(8))
+  found = _remat_policies(lambda p: metajax.maml_loss(
+      tanh_mlp_loss, p, task, steps=steps, lr=0.2, first_order=first_order, remat=remat),
+      params)
+  dots = jax.checkpoint_policies.dots_saveable
+  assert ["dots" if p == dots else p for p in found] == policies
+
+
+def test_remat_auto_is_dots_for_second_order_through_steps_on_cpu_only():
+  from metajax.inner import remat_mode
+  assert remat_mode("auto", first_order=False, steps=5, backend="cpu") == "dots"
+  assert remat_mode("auto", first_order=False, steps=5, backend="gpu") == "off"
+  assert remat_mode("auto", first_order=False, steps=1, backend="cpu") == "off"
+  assert remat_mode("auto", first_order=True, steps=5, backend="cpu") == "off"
+  assert remat_mode(True, first_order=True, steps=1) == "full"
+  with pytest.raises(ValueError, match=r"remat must be one of \('off', 'dots', 'full'\), "
+                                       r"'auto', True or False; got 'yes'"):
+    remat_mode("yes", first_order=False, steps=2)
 
 
 def test_negative_steps_is_an_error():

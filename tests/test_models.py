@@ -120,11 +120,13 @@ def test_second_order_meta_gradient_same_for_every_conv_form_and_batching():
         m, t))(mp, tasks)
     ref = grad("xla")
     assert CONV_IMPLS == ("xla", "im2col", "shifted", "hybrid")
-    for impl, batching, chunk in (("im2col", "vmap", 1), ("shifted", "unroll", 2),
-                                  ("hybrid", "scan", 1)):
-      got = grad(impl, batching=batching, task_chunk=chunk)
+    # Each remat mode too (what the backward pass keeps of an inner step).
+    for impl, batching, chunk, remat in (("im2col", "vmap", 1, "dots"),
+                                         ("shifted", "unroll", 2, "off"),
+                                         ("hybrid", "scan", 1, "full")):
+      got = grad(impl, batching=batching, task_chunk=chunk, remat=remat)
       chex.assert_trees_all_close(got, ref, rtol=1e-9, atol=1e-12,
-                                  custom_message=f"{impl}/{batching}/{chunk}")
+                                  custom_message=f"{impl}/{batching}/{chunk}/{remat}")
 
 
 def _kernel_shaped_convs(fn, *args):

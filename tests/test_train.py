@@ -115,6 +115,34 @@ def test_config_errors_say_what_would_be_accepted(make, message):
     config_lib.validate(make())
 
 
+@pytest.mark.parametrize("value", [True, "true", "False"])
+def test_remat_as_a_bool_names_the_mode_that_replaced_it(value):
+  c = tiny()
+  with c.ignore_type():
+    c.remat = value
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"remat must be one of \('auto', 'off', 'dots', 'full'\), got "
+                           + re.escape(repr(value)) + r" \(remat is no longer a bool: True is "
+                           r"now 'full', False 'off'\)"):
+    config_lib.validate(c)
+
+
+def test_a_run_saved_with_a_bool_remat_reads_as_off_or_full():
+  from metajax.checkpoint import resume_changes
+  from metajax.inner import REMAT_MODES
+  from metajax.retest import config_from_json
+  assert config_lib.REMAT == ("auto",) + REMAT_MODES
+  for old, new in ((False, "off"), (True, "full")):
+    saved = dict(tiny().to_dict(), remat=old)
+    assert config_from_json(saved).remat == new
+    assert resume_changes(saved, dict(saved, remat=new), "ckpt") == {}
+    # Resuming it under another mode is refused, with the diff in today's terms.
+    other = "dots" if new == "off" else "off"
+    assert resume_changes(saved, dict(saved, remat=other), "ckpt") == {
+        "remat": f"  remat: {new!r} -> {other!r}"}
+    assert saved["remat"] is old  # the caller's dict is left as it was
+
+
 def test_a_config_missing_a_key_names_it_and_its_default():
   c = tiny()
   del c["inner_lr"]
@@ -187,7 +215,7 @@ def test_another_runs_metrics_without_a_checkpoint_are_not_overwritten(tmp_path)
   # Restarted computed another way (e.g. after running out of memory): fine too.
   import shutil
   shutil.rmtree(tmp_path / "checkpoints")
-  assert main(args + ["--config.seed=7", "--config.batching=scan", "--config.remat=true"]) == 0
+  assert main(args + ["--config.seed=7", "--config.batching=scan", "--config.remat=full"]) == 0
 
 
 def test_cli_end_to_end(tmp_path):

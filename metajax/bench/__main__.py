@@ -10,10 +10,11 @@ Suites:
   peers       second- and first-order MAML on the three image configs, metajax
               beside the PyTorch peers (needs the `bench` extra)
   steps       time and memory against inner steps 1..20, second vs first order,
-              with and without remat, iMAML (implicit gradient, 5 CG steps) and
-              MAML++ (second order with LSLR, per-step BN and the multi-step
-              loss: its costliest phase) (Omniglot 5w1s, meta-batch 4);
-              writes steps.png
+              with and without remat (second order and MAML++ also with
+              remat="dots": the matrix products kept), iMAML (implicit
+              gradient, 5 CG steps) and MAML++ (second order with LSLR,
+              per-step BN and the multi-step loss: its costliest phase)
+              (Omniglot 5w1s, meta-batch 4); writes steps.png
   anil        ANIL on the three image configs, the head adapted on features
               computed once per task (metajax.anil) beside the masked inner
               loop over the whole model (features_once=False)
@@ -65,7 +66,9 @@ def suite_cells(suite: str, peers: bool):
   elif suite == "steps":
     for steps in (1, 2, 5, 10, 20):
       for algo in ("maml", "fomaml", "imaml", "mamlpp"):
-        for remat in ((False, True) if algo in ("maml", "fomaml") else (False,)):
+        modes = {"maml": ("off", "dots", "full"), "fomaml": ("off", "full"),
+                 "mamlpp": ("off", "dots")}
+        for remat in modes.get(algo, ("off",)):
           cells.append({"impl": "metajax", "preset": "omni_5w1s_mb4", "algo": algo,
                         "steps": steps, "remat": remat})
   elif suite == "anil":
@@ -115,6 +118,12 @@ def _fmt(v, scale=1.0, digits=2):
   return "–" if v is None else f"{v * scale:.{digits}f}"
 
 
+def _remat(row) -> str:
+  """A row's remat mode; rows of an older metajax hold a bool (True: "full")."""
+  remat = row.get("remat")
+  return {True: "full", False: "off", None: "off"}.get(remat, remat)
+
+
 def table(rows) -> str:
   out = ["| config | algo | impl | steps | remat | batching | median s | min–max s | "
          "compile s | peak RSS MB | run RSS MB | XLA temp MB | device peak MB | tasks/s | "
@@ -124,7 +133,8 @@ def table(rows) -> str:
     # The backend too: a ratio only between cells on the same kind of device
     # (PyTorch says "cuda" where JAX says "gpu").
     backend = {"cuda": "gpu"}.get(r.get("backend"), r.get("backend"))
-    return (r["preset"], r["algo"], r.get("steps"), bool(r.get("remat")), backend)
+    # Not remat: the peers have none (a metajax row's ratio is to the same peers).
+    return (r["preset"], r["algo"], r.get("steps"), backend)
   peer = {(key(r), r["impl"]): r for r in rows if "error" not in r}
   for r in rows:
     if "error" in r:
@@ -141,7 +151,7 @@ def table(rows) -> str:
         f"{r.get('batching')}/{r.get('chunk') or '-'}/{r.get('conv') or '-'}")
     out.append(
         f"| {r['preset']} | {algo} | {r['impl']} | {r.get('steps')} | "
-        f"{'yes' if r.get('remat') else 'no'} | {batching} | {r['median_s']:.4f} | "
+        f"{_remat(r) if r['impl'] == 'metajax' else '–'} | {batching} | {r['median_s']:.4f} | "
         f"{r['min_s']:.4f}–{r['max_s']:.4f} | {_fmt(r.get('compile_s'), 1, 1)} | "
         f"{_fmt(r.get('peak_rss_mb'), 1, 0)} | {_fmt(r.get('run_rss_mb'), 1, 0)} | "
         f"{_fmt(r.get('xla_temp_mb'), 1, 0)} | {_fmt(r.get('device_peak_mb'), 1, 0)} | "
@@ -156,17 +166,17 @@ def plot_steps(rows, path):
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
   names = {"maml": "2nd order", "fomaml": "1st order", "imaml": "iMAML", "mamlpp": "MAML++"}
   styles = {"maml": "-", "fomaml": "--", "imaml": ":", "mamlpp": "-."}
+  suffix = {"off": "", "dots": " + remat (dots)", "full": " + remat"}
   for algo in names:
-    for remat in (False, True):
+    for remat in suffix:
       pts = sorted((r["steps"], r["median_s"], r.get("xla_temp_mb") or 0,
                     r["peak_rss_mb"]) for r in rows
-                   if "error" not in r and r["algo"] == algo
-                   and bool(r.get("remat")) == remat)
+                   if "error" not in r and r["algo"] == algo and _remat(r) == remat)
       if not pts:
         continue
-      label = f"{names[algo]}{' + remat' if remat else ''}"
+      label = names[algo] + suffix[remat]
       style = styles[algo]
-      marker = "o" if not remat else "s"
+      marker = {"off": "o", "dots": "^", "full": "s"}[remat]
       ax_t.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, label=label)
       ax_m.plot([p[0] for p in pts], [p[2] for p in pts], style, marker=marker, label=label)
   ax_t.set(xlabel="inner steps", ylabel="seconds / meta-step", title="time")

@@ -12,6 +12,8 @@ from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.bench import memory
 from metajax.bench.presets import PRESETS, timed_iters
+from metajax.config import MAML_FAMILY
+from metajax.inner import remat_mode
 from metajax.step import (compile_lowered, compiler_options, init_state, make_meta_step,
                           make_train_chunk)
 
@@ -52,7 +54,7 @@ def _sine_setup(cell):
 
 
 def run_cell(cell: dict) -> dict:
-  """cell: {"preset", "algo", optional "steps", "remat", "batching", "chunk",
+  """cell: {"preset", "algo", optional "steps", "remat" (default "auto"), "batching", "chunk",
   "conv", "iters", "steps_per_call", "features_once" (ANIL)}. Returns timings (s) and memory (MiB)."""
   iters = timed_iters(cell)
   import optax
@@ -65,8 +67,12 @@ def run_cell(cell: dict) -> dict:
   # last-step loss is compiled too, as in a real run).
   mamlpp = (dict(lslr=True, msl_steps=10**9, per_step_bn=info.get("bn") == "per_step")
             if cell["algo"] == "mamlpp" else {})
-  algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=bool(cell.get("remat")),
+  algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=cell.get("remat", "auto"),
                          batching=info["batching"], task_chunk=info["chunk"] or 1, **mamlpp)
+  # The mode the inner loop runs (MAML++ cells' multi-step-loss phase is second
+  # order); Reptile's and iMAML's inner loops take no remat.
+  info["remat"] = (remat_mode(algo.remat, first_order=algo.first_order, steps=steps)
+                   if cell["algo"] in MAML_FAMILY else "off")
   optimizer = optax.adam(1e-3)
   state = init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
                      optimizer, jax.random.PRNGKey(1))
