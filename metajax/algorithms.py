@@ -25,7 +25,7 @@ import jax
 from metajax import mamlpp
 from metajax.anil import HeadSplit, head_of, on_features
 from metajax.batching import task_mean
-from metajax.inner import LossFn, PyTree
+from metajax.inner import LossFn, PyTree, remat_mode
 from metajax.maml import maml_loss
 from metajax.imaml import imaml_task_grad
 from metajax.reptile import reptile_pseudo_grad
@@ -70,6 +70,23 @@ class Algorithm:
     """The inner loop leaves the BN parameters to the outer loop (per-step BN
     as in MAML++, or bn_outer_only)."""
     return self.per_step_bn or self.bn_outer_only
+
+  @property
+  def remat_mode(self) -> str:
+    """What the backward pass keeps of each inner step on this backend
+    (`inner.remat_mode`); "off" where the inner loop takes no remat (Reptile,
+    iMAML, ProtoNet). MAML++ phases that differ: e.g. "off then dots" (its
+    multi-step-loss phase, then the last-step loss)."""
+    from metajax.config import MAML_FAMILY
+    if self.name not in MAML_FAMILY:
+      return "off"
+    modes = []
+    for _, first_order, msl in mamlpp.phases(self.msl_steps, self.first_order_steps):
+      mode = remat_mode(self.remat, first_order=self.first_order or first_order,
+                        steps=self.steps, observes=msl)
+      if not modes or modes[-1] != mode:
+        modes.append(mode)
+    return " then ".join(modes)
 
   @property
   def test_lam(self) -> float:

@@ -86,6 +86,17 @@ def resume_changes(saved: dict, now: dict, directory: str,
       saved[key] = value
   changed = {k: line for k, line in config_diff(saved, now).items()
              if k not in RESUMABLE_KEYS}
+  if "remat" in changed:
+    # Compare what runs: "auto" is "off" for first order, one inner step or a
+    # GPU, so a run saved with "off" (or remat=False) resumes under it there.
+    modes = [_remat_mode(c) for c in (saved, now)]
+    if modes[0] == modes[1]:
+      del changed["remat"]
+    else:
+      auto = (f"{modes[0]!r} -> {modes[1]!r} on this backend; "
+              if "auto" in (saved.get("remat"), now.get("remat")) else "")
+      changed["remat"] += (f" ({auto}--config.remat={saved.get('remat')} resumes the run as "
+                           "it was computed)")
   if (saved.get("num_steps") != now.get("num_steps")
       and now.get("outer_lr_schedule", "constant") != "constant"
       and (done_steps is None or now.get("num_steps") != done_steps)):
@@ -96,6 +107,14 @@ def resume_changes(saved: dict, now: dict, directory: str,
                             f"{now.get('num_steps')!r} (the {now['outer_lr_schedule']!r} "
                             f"learning-rate schedule is defined by num_steps{end})")
   return changed
+
+
+def _remat_mode(config: dict) -> str:
+  """The remat mode a saved or current config's inner loop runs on this backend."""
+  from metajax.algorithms import Algorithm  # jax-heavy; only for a changed remat
+  return Algorithm.named(config["algorithm"], steps=config["inner_steps"], inner_lr=0.0,
+                         first_order=bool(config.get("first_order")),
+                         remat=config.get("remat", False)).remat_mode
 
 
 def check_resumable(saved: dict, now: dict, directory: str,

@@ -25,6 +25,7 @@ CONV_IMPLS = ("auto", "xla", "im2col", "shifted", "hybrid")
 DOWNSAMPLES = ("max_pool", "stride")  # metajax.models.DOWNSAMPLES
 IMAML_INNER = ("proximal", "gd_then_pull")  # iMAML's training inner loop (metajax.imaml)
 REMAT = ("auto", "off", "dots", "full")  # "auto" + metajax.inner.REMAT_MODES
+REMAT_WAS_BOOL = " (remat is no longer a bool: True is now 'full', False 'off')"
 
 
 def upgrade_saved(saved: dict) -> dict:
@@ -323,7 +324,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"{key} must be a finite number > 0, got {v!r}")
   for key, choices in _CHOICES.items():
     if key in base and config[key] not in choices:
-      was = (" (remat is no longer a bool: True is now 'full', False 'off')"
+      was = (REMAT_WAS_BOOL
              if key == "remat" and str(config[key]).lower() in ("true", "false") else "")
       raise ConfigError(f"{key} must be one of {choices}, got {config[key]!r}{was}")
   for key in ("eval_shots", "hidden"):

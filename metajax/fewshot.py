@@ -173,7 +173,8 @@ def run_test(config, s: Setup, state, test_images) -> dict:
       "downsample": config.downsample, "bn": config.bn,
       "bn_in_inner_loop": bn_in_inner_loop(config, algo), "filters": config.filters,
       "input_norm": config.input_norm,
-      "batching": algo.batching, "conv_impl": s.conv, "meta_batch": config.meta_batch,
+      "batching": algo.batching, "conv_impl": s.conv, "remat": algo.remat_mode,
+      "meta_batch": config.meta_batch,
       "num_tasks": config.eval_tasks, "eval_seed": config.eval_seed,
       **acc, "test_s": test_s,
   }

@@ -32,15 +32,19 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 REMAT_MODES = ("off", "dots", "full")
 
 
-def remat_mode(remat: Any, *, first_order: bool, steps: int, backend=None) -> str:
+def remat_mode(remat: Any, *, first_order: bool, steps: int, observes: bool = False,
+               backend=None) -> str:
   """`remat` as one of REMAT_MODES: True is "full", False or None "off".
 
-  "auto" is "dots" for second-order gradients through >= 2 inner steps on CPU,
-  else "off". Measured on the conv-4 benchmarks (docs/RESULTS.md, "Saving only
-  the matrix products"): 10-12% less peak memory on Omniglot 20w1s and
-  mini-ImageNet 5w1s (5 steps) for 3-7% more time; at one step it saves
-  nothing, and first-order gradients keep no inner-step residuals to save.
-  Other backends are not measured, so "auto" leaves them "off".
+  "auto" is "dots" for second-order gradients through >= 2 inner steps on CPU
+  when no value is observed after each step, else "off". Measured on the
+  conv-4 benchmarks (docs/RESULTS.md, "saving only the matrix products"):
+  second-order MAML keeps 9-10% less peak memory on Omniglot 20w1s and
+  mini-ImageNet 5w1s (5 steps) for a few percent more time; at one step it
+  saves nothing, and first-order gradients keep no inner-step residuals to
+  save. MAML++'s multi-step loss (`observes`: the query loss after every step,
+  recomputed too) was 22-49% slower with it. Not measured on other backends,
+  so "auto" leaves them "off".
   """
   if remat is None or remat is False:
     return "off"
@@ -48,7 +52,8 @@ def remat_mode(remat: Any, *, first_order: bool, steps: int, backend=None) -> st
     return "full"
   if remat == "auto":
     backend = backend or jax.default_backend()
-    return "dots" if not first_order and steps >= 2 and backend == "cpu" else "off"
+    return ("dots" if not first_order and steps >= 2 and not observes and backend == "cpu"
+            else "off")
   if remat not in REMAT_MODES:
     raise ValueError(f"remat must be one of {REMAT_MODES}, 'auto', True or False; "
                      f"got {remat!r}")
@@ -198,7 +203,7 @@ def inner_loop(
     seen = None if observe is None else at(observe, t)(merge(adapted))
     return (adapted, opt_state), seen
 
-  mode = remat_mode(remat, first_order=first_order, steps=steps)
+  mode = remat_mode(remat, first_order=first_order, steps=steps, observes=observe is not None)
   if mode != "off":
     step = jax.checkpoint(
         step, policy=jax.checkpoint_policies.dots_saveable if mode == "dots" else None)

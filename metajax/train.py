@@ -19,6 +19,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import jax
@@ -42,7 +43,17 @@ def load_config(path: str, overrides=()):
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise config_lib.ConfigError(f"{path} defines no get_config()")
-  config = module.get_config()
+  try:
+    config = module.get_config()
+  except TypeError as e:
+    # ml_collections refuses a value of another type than the base config's.
+    key = re.search(r"Could not override field '(\w+)'", str(e))
+    if key is None:
+      raise
+    raise config_lib.ConfigError(
+        f"{path}: get_config() sets {key.group(1)} to a value of another type than its "
+        f"default in metajax.config: {e}"
+        + (config_lib.REMAT_WAS_BOOL if key.group(1) == "remat" else "")) from None
   for item in overrides:
     key, _, raw = item.partition("=")
     set_override(config, key, raw)
@@ -64,6 +75,8 @@ def set_override(config, key: str, raw: str):
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     value = raw
+  if isinstance(old, str) and not isinstance(value, str):
+    value = raw  # a string key takes the text as typed (validate checks it)
   if isinstance(old, bool):
     if str(raw).lower() in ("true", "1", "yes"):
       value = True

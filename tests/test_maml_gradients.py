@@ -98,6 +98,9 @@ def test_remat_gives_the_finite_difference_gradient(remat):
     grad = ravel_pytree(jax.grad(loss)(params, remat))[0]
     fd = central_fd_grad(jax.jit(lambda v: loss(unravel(v), False)), flat)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-9)
+    # And the same numbers as keeping everything, to rounding.
+    plain = ravel_pytree(jax.grad(loss)(params, False))[0]
+    np.testing.assert_allclose(grad, plain, rtol=1e-12)
 
 
 def _remat_policies(fn, *args):
@@ -115,20 +118,56 @@ def _remat_policies(fn, *args):
   return found
 
 
-@pytest.mark.parametrize("remat,first_order,steps,policies", [
-    (False, False, 3, []), ("off", False, 3, []), (True, False, 3, [None]),
-    ("full", True, 3, [None]),  # asked for by name: taken even at first order
-    ("dots", False, 3, ["dots"]), ("auto", False, 3, ["dots"]),  # on CPU (the tests' backend)
-    ("auto", False, 1, []), ("auto", True, 3, [])])
-def test_each_remat_mode_puts_its_checkpoint_around_the_inner_step(remat, first_order,
-                                                                    steps, policies):
+AUTO = "dots" if jax.default_backend() == "cpu" else None  # "auto" off CPU: "off"
+
+
+@pytest.mark.parametrize("remat,first_order,steps,unroll,msl,policies", [
+    (False, False, 3, False, False, []), ("off", False, 3, False, False, []),
+    (True, False, 3, False, False, [None]),
+    ("full", True, 3, False, False, [None]),  # asked for by name: taken even at first order
+    ("dots", False, 3, False, False, ["dots"]),
+    ("dots", False, 3, True, False, ["dots"] * 3),  # one per step
+    ("auto", False, 3, False, False, [AUTO] if AUTO else []),
+    ("auto", False, 1, False, False, []), ("auto", True, 3, False, False, []),
+    ("auto", False, 3, False, True, []),  # MAML++'s multi-step loss: "off"
+    ("dots", False, 3, False, True, ["dots"])])
+def test_each_remat_mode_puts_its_checkpoint_around_each_inner_step(remat, first_order, steps,
+                                                                     unroll, msl, policies):
   params = tanh_mlp_params(jax.random.PRNGKey(7))
   task = random_task(jax.random.PRNGKey(8))
+  weights = jnp.full((steps,), 1.0 / steps) if msl else None
   found = _remat_policies(lambda p: metajax.maml_loss(
-      tanh_mlp_loss, p, task, steps=steps, lr=0.2, first_order=first_order, remat=remat),
-      params)
+      tanh_mlp_loss, p, task, steps=steps, lr=0.2, first_order=first_order, remat=remat,
+      unroll=unroll, step_weights=weights), params)
   dots = jax.checkpoint_policies.dots_saveable
   assert ["dots" if p == dots else p for p in found] == policies
+
+
+def test_remat_modes_keep_fewer_residuals_in_that_order():
+  # What the meta-gradient's backward pass keeps: everything (off), the matrix
+  # products' outputs (dots), or each step's inputs (full).
+  # (The arrays jax.vjp's backward function holds on to.)
+  params = tanh_mlp_params(jax.random.PRNGKey(7))
+  task = random_task(jax.random.PRNGKey(8))
+  kept = {}
+  for remat in ("off", "dots", "full"):
+    _, backward = jax.vjp(lambda p: metajax.maml_loss(
+        tanh_mlp_loss, p, task, steps=3, lr=0.2, remat=remat), params)
+    kept[remat] = sum(int(np.prod(np.shape(a))) for a in jax.tree.leaves(backward))
+  assert kept["off"] > kept["dots"] > kept["full"], kept
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' is 'dots' on CPU only")
+def test_an_algorithms_remat_mode_names_each_phase_that_differs():
+  from metajax.algorithms import Algorithm
+  mode = lambda name, **kw: Algorithm.named(name, steps=5, inner_lr=0.1, remat="auto",
+                                            **kw).remat_mode
+  assert mode("maml") == mode("metasgd") == mode("mamlpp") == "dots"
+  assert mode("fomaml") == mode("reptile") == mode("imaml") == "off"
+  # MAML++: first order, then the multi-step loss ("off" both), then the last-step loss.
+  assert mode("mamlpp", msl_steps=150, first_order_steps=50) == "off then dots"
+  assert Algorithm.named("mamlpp", steps=5, inner_lr=0.1, remat="full",
+                         first_order_steps=50).remat_mode == "full"
 
 
 def test_remat_auto_is_dots_for_second_order_through_steps_on_cpu_only():
@@ -137,6 +176,7 @@ def test_remat_auto_is_dots_for_second_order_through_steps_on_cpu_only():
   assert remat_mode("auto", first_order=False, steps=5, backend="gpu") == "off"
   assert remat_mode("auto", first_order=False, steps=1, backend="cpu") == "off"
   assert remat_mode("auto", first_order=True, steps=5, backend="cpu") == "off"
+  assert remat_mode("auto", first_order=False, steps=5, observes=True, backend="cpu") == "off"
   assert remat_mode(True, first_order=True, steps=1) == "full"
   with pytest.raises(ValueError, match=r"remat must be one of \('off', 'dots', 'full'\), "
                                        r"'auto', True or False; got 'yes'"):

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -115,16 +116,27 @@ def test_config_errors_say_what_would_be_accepted(make, message):
     config_lib.validate(make())
 
 
-@pytest.mark.parametrize("value", [True, "true", "False"])
-def test_remat_as_a_bool_names_the_mode_that_replaced_it(value):
-  c = tiny()
-  with c.ignore_type():
-    c.remat = value
+REMAT_HINT = (r"\(remat is no longer a bool: True is now 'full', False 'off'\)")
+
+
+@pytest.mark.parametrize("raw", ["True", "true", "False", "1"])
+def test_remat_as_a_bool_on_the_command_line_names_the_mode_that_replaced_it(raw):
+  path = os.path.join(ROOT, "experiments", "sine_maml.py")
+  message = (r"remat must be one of \('auto', 'off', 'dots', 'full'\), got "
+             + re.escape(repr(raw)))
   with pytest.raises(config_lib.ConfigError,
-                     match=r"remat must be one of \('auto', 'off', 'dots', 'full'\), got "
-                           + re.escape(repr(value)) + r" \(remat is no longer a bool: True is "
-                           r"now 'full', False 'off'\)"):
-    config_lib.validate(c)
+                     match=message + (" " + REMAT_HINT if raw != "1" else "$")):
+    load_config(path, [f"remat={raw}"])
+
+
+def test_remat_as_a_bool_in_an_experiment_file_names_the_mode_that_replaced_it(tmp_path):
+  path = tmp_path / "exp.py"
+  path.write_text("from metajax.config import sinusoid_base\n\n"
+                  "def get_config():\n  c = sinusoid_base()\n  c.remat = True\n  return c\n")
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"exp.py: get_config\(\) sets remat to a value of another type "
+                           r"than its default in metajax.config: .*" + REMAT_HINT):
+    load_config(str(path))
 
 
 def test_a_run_saved_with_a_bool_remat_reads_as_off_or_full():
@@ -134,13 +146,33 @@ def test_a_run_saved_with_a_bool_remat_reads_as_off_or_full():
   assert config_lib.REMAT == ("auto",) + REMAT_MODES
   for old, new in ((False, "off"), (True, "full")):
     saved = dict(tiny().to_dict(), remat=old)
+    now = dict(saved, remat=new)
     assert config_from_json(saved).remat == new
-    assert resume_changes(saved, dict(saved, remat=new), "ckpt") == {}
+    assert resume_changes(saved, now, "ckpt") == {}
     # Resuming it under another mode is refused, with the diff in today's terms.
     other = "dots" if new == "off" else "off"
     assert resume_changes(saved, dict(saved, remat=other), "ckpt") == {
-        "remat": f"  remat: {new!r} -> {other!r}"}
-    assert saved["remat"] is old  # the caller's dict is left as it was
+        "remat": f"  remat: {new!r} -> {other!r} (--config.remat={new} resumes the run as "
+                 "it was computed)"}
+    assert saved["remat"] is old and now["remat"] == new  # the callers' dicts as they were
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' is 'dots' on CPU only")
+def test_an_image_run_saved_with_remat_off_resumes_where_auto_is_off():
+  # The image tasks' default became "auto"; a run saved with remat=False
+  # resumes under it wherever "auto" runs "off" too, and is refused only where
+  # it would change the program (second order through >= 2 steps, on CPU).
+  from metajax.checkpoint import resume_changes
+  base = config_lib.fewshot_base("omniglot").to_dict()
+  assert base["remat"] == "auto"
+  for changes in (dict(inner_steps=1), dict(inner_steps=5, algorithm="fomaml"),
+                  dict(inner_steps=5, first_order=True), dict(inner_steps=5, algorithm="reptile")):
+    now = dict(base, **changes)
+    assert resume_changes(dict(now, remat=False), now, "ckpt") == {}, changes
+  now = dict(base, inner_steps=5)
+  assert resume_changes(dict(now, remat=False), now, "ckpt") == {
+      "remat": "  remat: 'off' -> 'auto' ('off' -> 'dots' on this backend; --config.remat=off "
+               "resumes the run as it was computed)"}
 
 
 def test_a_config_missing_a_key_names_it_and_its_default():

@@ -12,7 +12,6 @@ from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.bench import memory
 from metajax.bench.presets import PRESETS, timed_iters
-from metajax.config import MAML_FAMILY
 from metajax.inner import remat_mode
 from metajax.step import (compile_lowered, compiler_options, init_state, make_meta_step,
                           make_train_chunk)
@@ -69,10 +68,9 @@ def run_cell(cell: dict) -> dict:
             if cell["algo"] == "mamlpp" else {})
   algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=cell.get("remat", "auto"),
                          batching=info["batching"], task_chunk=info["chunk"] or 1, **mamlpp)
-  # The mode the inner loop runs (MAML++ cells' multi-step-loss phase is second
-  # order); Reptile's and iMAML's inner loops take no remat.
-  info["remat"] = (remat_mode(algo.remat, first_order=algo.first_order, steps=steps)
-                   if cell["algo"] in MAML_FAMILY else "off")
+  # The mode its inner loop runs (MAML++ cells: their multi-step-loss phase).
+  info["remat"] = (algo.remat_mode if not mamlpp else remat_mode(
+      algo.remat, first_order=algo.first_order, steps=steps, observes=True))
   optimizer = optax.adam(1e-3)
   state = init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
                      optimizer, jax.random.PRNGKey(1))

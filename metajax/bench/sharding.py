@@ -49,7 +49,7 @@ def run(preset: str, devices: int, iters: int) -> dict:
                                        shots=p["shots"], queries=p["queries"],
                                        image_shape=p["image_shape"])
   algo = Algorithm.named("maml", steps=p["steps"], inner_lr=p["inner_lr"],
-                         batching=batching, task_chunk=chunk or 1)
+                         batching=batching, task_chunk=chunk or 1, remat="auto")
   optimizer = optax.adam(1e-3)
   mesh = sharding.make_mesh(devices)
   sharding.check_divisible(p["meta_batch"], mesh)
