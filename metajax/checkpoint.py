@@ -110,11 +110,18 @@ def resume_changes(saved: dict, now: dict, directory: str,
 
 
 def _remat_mode(config: dict) -> str:
-  """The remat mode a saved or current config's inner loop runs on this backend."""
+  """The remat mode a saved or current config's inner loop runs on this backend
+  (MAML++: per phase, e.g. "off then dots"); its `remat` value as it is where
+  the config names no algorithm metajax knows."""
   from metajax.algorithms import Algorithm  # jax-heavy; only for a changed remat
-  return Algorithm.named(config["algorithm"], steps=config["inner_steps"], inner_lr=0.0,
-                         first_order=bool(config.get("first_order")),
-                         remat=config.get("remat", False)).remat_mode
+  try:
+    return Algorithm.named(
+        config.get("algorithm"), steps=int(config.get("inner_steps", 1)), inner_lr=0.0,
+        first_order=bool(config.get("first_order")), remat=config.get("remat", False),
+        msl_steps=int(config.get("msl_steps") or 0),
+        first_order_steps=int(config.get("first_order_steps") or 0)).remat_mode
+  except (ValueError, TypeError):
+    return repr(config.get("remat"))
 
 
 def check_resumable(saved: dict, now: dict, directory: str,

@@ -225,7 +225,7 @@ _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch"
 _NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch", "ways_train",
                 "num_devices", "checkpoint_every", "msl_steps", "first_order_steps")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam", "outer_adam_eps")
-_CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
+CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),
             "task": TASKS, "batching": ("vmap", "scan", "unroll", "auto"),
             "bn": BN_MODES, "conv_impl": CONV_IMPLS, "downsample": DOWNSAMPLES,
@@ -322,7 +322,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 \
         or not math.isfinite(v):
       raise ConfigError(f"{key} must be a finite number > 0, got {v!r}")
-  for key, choices in _CHOICES.items():
+  for key, choices in CHOICES.items():
     if key in base and config[key] not in choices:
       was = (REMAT_WAS_BOOL
              if key == "remat" and str(config[key]).lower() in ("true", "false") else "")

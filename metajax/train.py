@@ -75,8 +75,8 @@ def set_override(config, key: str, raw: str):
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     value = raw
-  if isinstance(old, str) and not isinstance(value, str):
-    value = raw  # a string key takes the text as typed (validate checks it)
+  if isinstance(old, str) and not isinstance(value, str) and key in config_lib.CHOICES:
+    value = raw  # e.g. remat=True: validate names the choices (and what True became)
   if isinstance(old, bool):
     if str(raw).lower() in ("true", "1", "yes"):
       value = True

@@ -173,6 +173,11 @@ def test_an_image_run_saved_with_remat_off_resumes_where_auto_is_off():
   assert resume_changes(dict(now, remat=False), now, "ckpt") == {
       "remat": "  remat: 'off' -> 'auto' ('off' -> 'dots' on this backend; --config.remat=off "
                "resumes the run as it was computed)"}
+  # MAML++ with the multi-step loss: "auto" runs "off" in that phase, "dots" after it.
+  now = dict(base, algorithm="mamlpp", inner_steps=5, msl_steps=100)
+  assert resume_changes(dict(now, remat="dots"), now, "ckpt") == {
+      "remat": "  remat: 'dots' -> 'auto' ('dots' -> 'off then dots' on this backend; "
+               "--config.remat=dots resumes the run as it was computed)"}
 
 
 def test_a_config_missing_a_key_names_it_and_its_default():

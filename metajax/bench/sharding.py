@@ -82,7 +82,7 @@ def run(preset: str, devices: int, iters: int) -> dict:
   diff = max(float(np.max(np.abs(a - b))) for a, b in
              zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])))
   return dict(preset=preset, devices=devices, batching=batching, task_chunk=chunk, conv=conv,
-              steps_run=iters + 1, rows=rows,
+              remat=algo.remat_mode, steps_run=iters + 1, rows=rows,
               max_abs_param_diff=diff, backend=jax.default_backend(),
               jax_version=jax.__version__,
               num_params=sum(int(np.size(a)) for a in jax.tree.leaves(finals[0])))
