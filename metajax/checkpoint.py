@@ -111,16 +111,15 @@ def resume_changes(saved: dict, now: dict, directory: str,
 
 def _remat_mode(config: dict) -> str:
   """The remat mode a saved or current config's inner loop runs on this backend
-  (MAML++: per phase, e.g. "off then dots"); its `remat` value as it is where
-  the config names no algorithm metajax knows."""
+  (MAML++: per phase, e.g. "off then dots"), from the Algorithm training builds
+  of it; its `remat` value as it is where no Algorithm can be built (an unknown
+  algorithm, a missing key)."""
+  import ml_collections
+
   from metajax.algorithms import Algorithm  # jax-heavy; only for a changed remat
   try:
-    return Algorithm.named(
-        config.get("algorithm"), steps=int(config.get("inner_steps", 1)), inner_lr=0.0,
-        first_order=bool(config.get("first_order")), remat=config.get("remat", False),
-        msl_steps=int(config.get("msl_steps") or 0),
-        first_order_steps=int(config.get("first_order_steps") or 0)).remat_mode
-  except (ValueError, TypeError):
+    return Algorithm.from_config(ml_collections.ConfigDict(config)).remat_mode
+  except (ValueError, TypeError, AttributeError, KeyError):
     return repr(config.get("remat"))
 
 
