@@ -13,7 +13,8 @@ from metajax.config import sinusoid_base
 def get_config():
   config = sinusoid_base()
   config.algorithm = "maml"
-  config.k_shot = 10          # train with K = 10; run with --config.k_shot=5/20 for the others
+  config.k_shot = 10          # K = 10; the table's others: --config.k_shot=5 --config.k_query=5
+                              # (or 20 and 20), as scripts/sine_table.sh runs them
   config.inner_steps = 1
   config.inner_lr = 0.01
   config.meta_batch = 25

@@ -1,11 +1,10 @@
 r"""Sinusoid regression, Reptile (Nichol et al. 2018).
 
 theta <- theta + epsilon (mean_i phi_i - theta): outer SGD with epsilon = 1.0
-linearly annealed to 0 (the paper's sine setting anneals its outer step),
-phi_i after 5 inner SGD steps (lr 0.01) on the support set (with inner lr
-0.02 meta-training diverged at K = 5). Reptile's inner procedure
-(5 steps) differs from the 1-step test of the sinusoid table, so the table
-also reports 10 test-time steps.
+linearly annealed to 0 (the paper's sine setting anneals its outer step), phi_i
+after 5 inner SGD steps (lr 0.01) on the support set. Reptile's inner procedure
+(5 steps) differs from the 1-step test of the sinusoid table, so the table also
+reports 10 test-time steps.
 
 Command:
   python -m metajax.train --config experiments/sine_reptile.py --workdir runs/sine_reptile

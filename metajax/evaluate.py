@@ -119,7 +119,9 @@ def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:
 def make_validator(config, algo: Algorithm, problem):
   """validate(meta_params) -> {"val_mse", "val_ci95", "score"}: query MSE after
   `inner_steps` steps at K = k_shot on `val_tasks` held-out tasks (their own
-  key, not the test tasks'); score = -MSE ranks checkpoints."""
+  key, not the test tasks'); score = -MSE ranks checkpoints. Where some tasks'
+  loss is not finite: val_mse and val_ci95 None, "val_diverged_tasks" their
+  count, score -inf."""
   key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 1_000_000)
   tasks = problem.sample_tasks(key, meta_batch=config.val_tasks, k_shot=config.k_shot,
                                k_query=config.eval_query)
@@ -127,7 +129,12 @@ def make_validator(config, algo: Algorithm, problem):
       algo, problem.loss_fn, mp, tasks, steps=config.inner_steps, last_only=True)[:, 0])
 
   def validate(meta_params) -> dict:
-    mse, ci = mean_ci95(np.asarray(to_host(run(meta_params)), np.float64))
-    return {"val_mse": mse, "val_ci95": ci, "score": -mse if np.isfinite(mse) else -np.inf}
+    losses = np.asarray(to_host(run(meta_params)), np.float64)
+    diverged = int((~np.isfinite(losses)).sum())
+    if diverged:  # JSON has no NaN: null, the count, and the lowest checkpoint rank
+      return {"val_mse": None, "val_ci95": None, "val_diverged_tasks": diverged,
+              "score": -np.inf}
+    mse, ci = mean_ci95(losses)
+    return {"val_mse": mse, "val_ci95": ci, "score": -mse}
 
   return validate

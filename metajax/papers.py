@@ -56,7 +56,7 @@ PUBLISHED = {
     ("protonet", "mini_imagenet", 5, 1): (49.42, 0.78),
     ("protonet", "mini_imagenet", 5, 5): (68.20, 0.66),
     # MAML++ (mean of an ensemble of the 5 best checkpoints in the paper): the
-    # cells of the issue it was added for.
+    # cells metajax's MAML++ experiment files reproduce.
     ("mamlpp", "omniglot", 5, 1): (99.47, None), ("mamlpp", "omniglot", 20, 1): (97.65, 0.05),
     ("mamlpp", "mini_imagenet", 5, 1): (52.15, 0.26),
     ("mamlpp", "mini_imagenet", 5, 5): (68.32, 0.44),

@@ -240,21 +240,46 @@ class AnilTest(chex.TestCase):
                                    rtol=1e-9, atol=1e-12)
 
 
+def _hand_task_value_and_grad(name, params, task, steps, rates):
+  """One task's (query loss, meta-gradient) with the inner loop written out:
+  SGD at per-entry `rates`; first order stops the inner gradients; ANIL adapts
+  only the head."""
+  def query_loss(p):
+    phi = p
+    for _ in range(steps):
+      g = jax.grad(tanh_mlp_loss)(phi, task["support"])
+      if name == "fomaml":
+        g = jax.lax.stop_gradient(g)
+      if name == "anil":
+        g = {k: v if k == "head" else jax.tree.map(jnp.zeros_like, v) for k, v in g.items()}
+      phi = jax.tree.map(lambda a, r, b: a - r * b, phi, rates, g)
+    return tanh_mlp_loss(phi, task["query"])
+  return jax.value_and_grad(query_loss)(params)
+
+
 @pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml"])
 def test_vmapped_meta_batch_equals_python_loop(name):
   with jax.enable_x64(True):
     params = tanh_mlp_params(jax.random.PRNGKey(10))
     task_list, tasks = _task_batch(jax.random.PRNGKey(11), 5)
     algo = Algorithm.named(name, steps=2, inner_lr=0.1)
-    lr = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params) \
-        if name == "metasgd" else None
-    meta_params = {"params": params, "inner_lr": lr}
+    rates = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    if name == "metasgd":  # distinct per-entry rates
+      rates = jax.tree.map(lambda p: 0.05 + 0.1 * jax.random.uniform(
+          jax.random.PRNGKey(p.size), p.shape, p.dtype), params)
+    meta_params = {"params": params, "inner_lr": rates if name == "metasgd" else None}
     loss, grads = meta_gradient(algo, tanh_mlp_loss, meta_params, tasks)
-    per_task = [meta_gradient(algo, tanh_mlp_loss, meta_params,
-                              jax.tree.map(lambda a: a[None], t)) for t in task_list]
+    if name in ("reptile", "imaml"):  # their per-task truths: the one-task batch,
+      # itself checked against closed forms and numpy loops in this file and
+      # test_imaml.py; here the mean over the vmapped batch is what is tested.
+      per_task = [meta_gradient(algo, tanh_mlp_loss, meta_params,
+                                jax.tree.map(lambda a: a[None], t)) for t in task_list]
+      per_task = [(l, g["params"]) for l, g in per_task]
+    else:  # an inner loop written out, one task at a time
+      per_task = [_hand_task_value_and_grad(name, params, t, 2, rates) for t in task_list]
     np.testing.assert_allclose(loss, np.mean([l for l, _ in per_task]), rtol=1e-12)
     expected = jax.tree.map(lambda *gs: np.mean(gs, axis=0), *[g for _, g in per_task])
-    chex.assert_trees_all_close(grads, expected, rtol=1e-10, atol=1e-14)
+    chex.assert_trees_all_close(grads["params"], expected, rtol=1e-10, atol=1e-14)
 
 
 def test_jit_and_no_jit_meta_gradient_agree():
@@ -386,15 +411,65 @@ def test_bn_outer_only_bad_values(changes, match):
     config_lib.validate(config)
 
 
-def test_the_recorded_test_rate_is_the_one_adaptation_uses():
+def test_the_recorded_test_rate():
   from metajax.algorithms import recorded_test_rate
   maml = Algorithm.named("maml", steps=1, inner_lr=0.4)
   metasgd = Algorithm.named("metasgd", steps=1, inner_lr=0.4)
   assert recorded_test_rate(maml, -1.0) == 0.4
   assert recorded_test_rate(maml, 0.1) == 0.1
   assert recorded_test_rate(metasgd, -1.0) == "learned"
-  # A re-test's eval_inner_lr replaces the learned rates (evaluate.adaptation_losses).
+  # A re-test's eval_inner_lr replaces the learned rates (checked below).
   assert recorded_test_rate(metasgd, 0.1) == 0.1
+
+
+def _hand_adaptation(params, task, steps, rate):
+  """Query loss before and after each of `steps` plain SGD steps on the
+  support loss; rate(t) -> a scalar or a pytree like params (per entry)."""
+  phi, losses = params, [tanh_mlp_loss(params, task["query"])]
+  for t in range(steps):
+    g = jax.grad(tanh_mlp_loss)(phi, task["support"])
+    r = rate(t)
+    r = r if isinstance(r, dict) else jax.tree.map(lambda _: r, phi)
+    phi = jax.tree.map(lambda p, lr, gi: p - lr * gi, phi, r, g)
+    losses.append(tanh_mlp_loss(phi, task["query"]))
+  return jnp.stack(losses)
+
+
+class TestTimeAdaptationTest(chex.TestCase):
+  """evaluate.adaptation_losses adapts with the rates training learned (Meta-SGD's
+  per entry, LSLR's per leaf and step), or with eval_inner_lr where given."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_learned_and_overridden_rates_against_a_hand_loop(self):
+    from metajax.evaluate import adaptation_losses
+    with jax.enable_x64(True):
+      params = tanh_mlp_params(jax.random.PRNGKey(0), sizes=(1, 4, 1))
+      tasks, batch = _task_batch(jax.random.PRNGKey(1), 2)
+      leaves, treedef = jax.tree.flatten(params)
+      keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+      per_entry = jax.tree.unflatten(treedef, [
+          jax.random.uniform(k, p.shape, p.dtype, 0.02, 0.4) for k, p in zip(keys, leaves)])
+      per_step = jax.tree.unflatten(treedef, [
+          jax.random.uniform(k, (3,), p.dtype, 0.02, 0.4) for k, p in zip(keys, leaves)])
+      metasgd = Algorithm.named("metasgd", steps=3, inner_lr=0.1)
+      lslr = Algorithm(name="mamlpp", steps=3, inner_lr=0.1, lslr=True)
+      cases = [  # (algorithm, learned rates, lr override, the rate of step t)
+          (metasgd, per_entry, None, lambda t: per_entry),
+          (metasgd, per_entry, 0.2, lambda t: 0.2),
+          (lslr, per_step, None, lambda t: jax.tree.map(lambda r: r[t], per_step)),
+          (lslr, per_step, 0.2, lambda t: 0.2),
+      ]
+      for algo, rates, lr, rate in cases:
+        got = self.variant(lambda mp, b, algo=algo, lr=lr: adaptation_losses(
+            algo, tanh_mlp_loss, mp, b, steps=3, lr=lr))(
+                {"params": params, "inner_lr": rates}, batch)
+        want = jnp.stack([_hand_adaptation(params, t, 3, rate) for t in tasks])
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+      # The cases differ from each other by more than rounding.
+      scalar = jnp.stack([_hand_adaptation(params, t, 3, lambda _: 0.2) for t in tasks])
+      learned = jnp.stack([_hand_adaptation(params, t, 3, lambda _: per_entry)
+                           for t in tasks])
+      assert np.max(np.abs(scalar[:, 1:] - learned[:, 1:])) > 1e-3
 
 
 def test_head_mask_refuses_params_without_a_head():
@@ -405,3 +480,19 @@ def test_head_mask_refuses_params_without_a_head():
     head_mask({"params": {"head": {"kernel": jnp.ones(2)}}})
   mask = head_mask({"body": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(2)}})
   assert mask == {"body": {"kernel": False}, "head": {"kernel": True}}
+
+
+def test_metasgd_rates_start_uniform_in_their_range():
+  from metajax.step import init_state
+  params = tanh_mlp_params(jax.random.PRNGKey(0), sizes=(1, 40, 40, 1), dtype=jnp.float32)
+  algo = Algorithm.named("metasgd", steps=1, inner_lr=0.01)
+  state = init_state(algo, params, optax.adam(1e-3), jax.random.PRNGKey(1),
+                     metasgd_lr_range=(0.005, 0.1))
+  chex.assert_trees_all_equal_shapes(state.inner_lr, params)
+  rates = np.concatenate([np.ravel(r) for r in jax.tree.leaves(state.inner_lr)])
+  assert rates.size == 1761 and rates.min() >= 0.005 and rates.max() <= 0.1
+  # U(0.005, 0.1): mean 0.0525, sd 0.0274; the sample's mean is within ~7 standard errors.
+  assert abs(rates.mean() - 0.0525) < 0.005 and abs(rates.std() - 0.0274) < 0.003
+  # Each leaf draws its own rates (not one draw broadcast, nor the same key per leaf).
+  w1, w2 = state.inner_lr["hidden_1"]["w"], state.inner_lr["hidden_0"]["w"]
+  assert not np.allclose(np.ravel(w1)[:40], np.ravel(w2)[:40])

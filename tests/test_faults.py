@@ -127,6 +127,31 @@ def test_sigkill_during_a_save_then_resume_is_bitwise_identical(reference, tmp_p
   _assert_bitwise_equal(_final_state(tmp_path), _final_state(reference))
 
 
+@pytest.mark.parametrize("experiment,extra", [
+    ("sine_metasgd.py", []),  # learned per-entry rates and their Adam moments
+    ("sine_reptile.py", ["--config.inner_optimizer=adam", "--config.carry_inner_adam=True"]),
+    # MAML++ phases on both sides of the checkpoint: first-order MSL to 10,
+    # second-order MSL to 30, then the last step's loss; learned per-step rates.
+    ("sine_maml.py", ["--config.algorithm=mamlpp", "--config.inner_steps=3",
+                      "--config.lslr=True", "--config.msl_steps=30",
+                      "--config.first_order_steps=10"]),
+    ("sine_maml.py", ["--config.outer_lr_schedule=cosine", "--config.outer_lr_min=1e-4"]),
+])
+def test_resume_mid_run_with_more_state_is_bitwise_identical(experiment, extra, tmp_path):
+  """Algorithms that carry more than params and Adam moments, and a schedule:
+  a run resumed from its middle checkpoint ends bitwise where the whole run did."""
+  import shutil
+  args = ["--config", os.path.join(ROOT, "experiments", experiment), *extra,
+          "--config.num_steps=40", "--config.steps_per_call=10", "--config.log_every=10",
+          "--config.checkpoint_every=20", "--config.plots=false", "--config.eval_tasks=4",
+          "--config.eval_shots=(5,)", "--config.eval_max_steps=1", "--workdir", str(tmp_path)]
+  assert main(args) == 0
+  whole = _final_state(tmp_path, 40)
+  shutil.rmtree(tmp_path / "checkpoints" / "40")  # as if killed after step 20's save
+  assert main(args) == 0
+  _assert_bitwise_equal(_final_state(tmp_path, 40), whole, f"({experiment} {extra})")
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
   import shutil
   shutil.copytree(reference, tmp_path, dirs_exist_ok=True)

@@ -74,6 +74,30 @@ class MultiStepLossTest(chex.TestCase):
       chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-14)
 
 
+def _weights(step, steps, msl_steps):
+  """MSL's weights before msl_steps; after it, the last step's loss alone."""
+  if step >= msl_steps:
+    return jnp.asarray([0.0] * (steps - 1) + [1.0])
+  return mamlpp.msl_weights(step, steps, msl_steps)
+
+
+def _hand_msl(params, tasks, w_T, lr, first_order):
+  """(mean loss, its gradient) of the weighted per-step query losses, with the
+  inner loop written out as plain SGD; first order stops each inner gradient."""
+  def per_task(p, task):
+    phi, total = p, 0.0
+    for t in range(len(w_T)):
+      g = jax.grad(tanh_mlp_loss)(phi, task["support"])
+      if first_order:
+        g = jax.lax.stop_gradient(g)
+      phi = jax.tree.map(lambda a, b: a - lr * b, phi, g)
+      total = total + w_T[t] * tanh_mlp_loss(phi, task["query"])
+    return total
+  return jax.value_and_grad(
+      lambda p: jnp.mean(jnp.stack([per_task(p, jax.tree.map(lambda x: x[i], tasks))
+                                    for i in range(2)])))(params)
+
+
 def test_meta_gradient_uses_msl_only_before_msl_steps():
   with jax.enable_x64(True):
     params = tanh_mlp_params(jax.random.PRNGKey(2), sizes=(1, 4, 1))
@@ -81,23 +105,41 @@ def test_meta_gradient_uses_msl_only_before_msl_steps():
     mp = {"params": params, "inner_lr": None}
     algo = Algorithm(name="mamlpp", steps=3, inner_lr=0.1, msl_steps=100)
     grad = jax.jit(lambda s: meta_gradient(algo, tanh_mlp_loss, mp, tasks, s))
+    want = lambda w_T: _hand_msl(params, tasks, w_T, 0.1, first_order=False)
 
-    @jax.jit
-    def want(w_T):  # mean over tasks of each step's query loss, weighted
-      per_task = lambda task: sum(
-          w_T[t - 1] * maml_loss(tanh_mlp_loss, params, task, steps=t, lr=0.1, unroll=True)
-          for t in (1, 2, 3))
-      return jnp.mean(jax.vmap(per_task)(tasks))
-
-    for step in (0, 60):
-      np.testing.assert_allclose(grad(step)[0], want(mamlpp.msl_weights(step, 3, 100)),
-                                 rtol=1e-12)
+    for step in (0, 60, 100):  # the loss and the whole meta-gradient, each phase
+      loss, grads = grad(step)
+      want_loss, want_grads = want(_weights(step, 3, 100))
+      np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+      chex.assert_trees_all_close(grads["params"], want_grads, rtol=1e-10, atol=1e-14)
     # From msl_steps on: the last step's loss only, which is plain MAML.
     plain = Algorithm(name="maml", steps=3, inner_lr=0.1)
     chex.assert_trees_all_close(grad(100), meta_gradient(plain, tanh_mlp_loss, mp, tasks),
                                 rtol=1e-12)
-    np.testing.assert_allclose(grad(100)[0], want(jnp.asarray([0.0, 0.0, 1.0])), rtol=1e-12)
     assert not np.allclose(grad(0)[0], grad(100)[0])
+
+
+def test_msl_and_first_order_phases_together():
+  """msl_steps=100, first_order_steps=50: first-order MSL, second-order MSL, then
+  second-order MAML on the last step's loss."""
+  with jax.enable_x64(True):
+    params = tanh_mlp_params(jax.random.PRNGKey(6), sizes=(1, 4, 1))
+    tasks = _tasks(jax.random.PRNGKey(7), 2)
+    mp = {"params": params, "inner_lr": None}
+    algo = Algorithm(name="mamlpp", steps=3, inner_lr=0.3, msl_steps=100,
+                     first_order_steps=50)
+    grad = jax.jit(lambda s: meta_gradient(algo, tanh_mlp_loss, mp, tasks, s))
+    flat = lambda g: ravel_pytree(g)[0]
+    for step, first_order in ((20, True), (60, False), (150, False)):
+      loss, grads = grad(step)
+      want_loss, want_grads = _hand_msl(params, tasks, _weights(step, 3, 100), 0.3,
+                                        first_order)
+      np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+      np.testing.assert_allclose(flat(grads["params"]), flat(want_grads), rtol=1e-10,
+                                 atol=1e-14)
+      # ... and not the other order's gradient, which differs by more than rounding.
+      _, other = _hand_msl(params, tasks, _weights(step, 3, 100), 0.3, not first_order)
+      assert np.max(np.abs(flat(grads["params"]) - flat(other))) > 1e-4
 
 
 # ------------------------------------------------------------------ DA
@@ -186,6 +228,24 @@ class PerStepRatesTest(chex.TestCase):
     assert np.isfinite(metrics["loss"])
     moved = [np.abs(np.asarray(a) - 0.1).max() for a in jax.tree.leaves(new.inner_lr)]
     assert min(moved) > 0  # Adam moves every learned rate on its first step
+
+  def test_the_meta_gradient_of_the_rates_matches_finite_differences(self):
+    """Through the Algorithm path (meta_gradient, vmapped over tasks), not
+    maml_loss alone: d(mean query loss)/d(rate[leaf][t])."""
+    with jax.enable_x64(True):
+      algo = Algorithm(name="mamlpp", steps=2, inner_lr=0.1, lslr=True)
+      params = tanh_mlp_params(jax.random.PRNGKey(3), sizes=(1, 4, 1))
+      tasks = _tasks(jax.random.PRNGKey(4), 3)
+      rates = jax.tree.map(lambda p: jnp.asarray([0.12, 0.07]), params)
+      flat, unravel = ravel_pytree(rates)
+      got = meta_gradient(algo, tanh_mlp_loss, {"params": params, "inner_lr": rates},
+                          tasks)[1]["inner_lr"]
+      mean_loss = jax.jit(lambda r: jnp.mean(jnp.stack([
+          maml_loss(tanh_mlp_loss, params, jax.tree.map(lambda x: x[i], tasks), steps=2,
+                    lr=unravel(r), lr_per_step=True) for i in range(3)])))
+      want = central_fd_grad(mean_loss, flat)
+      assert np.abs(want).min() > 1e-6  # every rate matters
+      np.testing.assert_allclose(ravel_pytree(got)[0], want, rtol=1e-6, atol=1e-9)
 
 
 # ------------------------------------------------------------------ per-step BN

@@ -110,6 +110,18 @@ def _fewshot(**overrides):
     (lambda: _fewshot(eval_batch=7), r"eval_batch=7 must divide eval_tasks=600 and val_tasks="),
     (lambda: _fewshot(dataset_config="ravi"),
      r"dataset_config for omniglot must be one of \('maml', 'vinyals'\), got 'ravi'"),
+    (lambda: _fewshot(ways_train=20),
+     r"ways_train=20 needs algorithm='protonet' \(a 5-way head is trained for 'maml'\); "
+     r"use 0"),
+    (lambda: _fewshot(algorithm="reptile", inner_batch=6),
+     r"inner_batch=6 exceeds the 5 support rows of a training task; use 0 \(all\) or fewer"),
+    (lambda: tiny(eval_shots=()),
+     r"eval_shots must be a non-empty tuple of positive integers, got \(\)"),
+    (lambda: tiny(hidden=(40, 0)),
+     r"hidden must be a non-empty tuple of positive integers, got \(40, 0\)"),
+    (lambda: tiny(task="cifar"), r"task must be one of \('sinusoid', 'omniglot', "),
+    (lambda: config_lib.fewshot_base("cifar"),
+     r"few-shot dataset must be one of \('omniglot', 'mini_imagenet'\), got 'cifar'"),
 ])
 def test_config_errors_say_what_would_be_accepted(make, message):
   with pytest.raises(config_lib.ConfigError, match=message):
@@ -339,3 +351,21 @@ def test_parse_args_refuses_bad_command_lines(argv, message, capsys):
     parse_args(argv)
   assert exit_info.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_validation_of_diverged_tasks_is_null_in_json_and_ranks_last():
+  from metajax.evaluate import make_validator
+  from metajax.train import sinusoid_setup
+  config = tiny(val_tasks=8)
+  algo, problem, _, _, state = sinusoid_setup(config)
+  validate = make_validator(config, algo, problem)
+  good = validate(state.adaptation_params())
+  assert np.isfinite(good["val_mse"]) and good["val_mse"] > 0 and good["score"] == -good["val_mse"]
+  # One NaN weight: every task's loss is NaN.
+  mp = state.adaptation_params()
+  mp = dict(mp, params=jax.tree.map(lambda p: p.at[..., 0].set(np.nan) if p.ndim else p,
+                                    mp["params"]))
+  bad = validate(mp)
+  assert bad["val_mse"] is None and bad["val_ci95"] is None
+  assert bad["val_diverged_tasks"] == 8 and bad["score"] == -np.inf
+  json.dumps({k: v for k, v in bad.items() if k != "score"}, allow_nan=False)
