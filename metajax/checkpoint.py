@@ -50,7 +50,9 @@ TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eva
              "manual_dir", "num_devices")
 # Not resumable although they only evaluate: val_tasks, eval_batch (which
 # episodes), eval_max_steps, eval_inner_lr, eval_query set the validation score
-# that ranks checkpoints, and scores of two protocols cannot be compared.
+# that ranks checkpoints, and scores of two protocols cannot be compared (the
+# sinusoid's validation uses neither eval_max_steps nor eval_inner_lr, so a
+# sinusoid run may change those two; resume_changes).
 
 
 def config_diff(saved: dict, now: dict) -> dict[str, str]:
@@ -86,6 +88,11 @@ def resume_changes(saved: dict, now: dict, directory: str,
       saved[key] = value
   changed = {k: line for k, line in config_diff(saved, now).items()
              if k not in RESUMABLE_KEYS}
+  if now.get("task", "sinusoid") == "sinusoid":
+    # The sinusoid's validation adapts for inner_steps at the training rate
+    # (evaluate.make_validator): these two change only the final test.
+    for key in ("eval_max_steps", "eval_inner_lr"):
+      changed.pop(key, None)
   if "remat" in changed:
     # Compare what runs: "auto" is "off" for first order, one inner step or a
     # GPU, so a run saved with "off" (or remat=False) resumes under it there.

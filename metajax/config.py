@@ -128,6 +128,7 @@ def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None
   c.checkpoint_every = checkpoint_every  # meta-steps between checkpoints; 0 = only at the end
   c.keep_checkpoints = 3        # newest checkpoints kept (plus the best-validated one)
   c.on_nan = "stop"             # non-finite loss or meta-gradient: "stop", or "skip" that update
+                                # (a skipped update does not advance the outer rate's schedule)
 
 
 def fewshot_base(dataset: str = "omniglot") -> ml_collections.ConfigDict:
@@ -294,8 +295,10 @@ def _range(config, key) -> tuple:
   return lo, hi
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks keys against the task's base config and values for sense; returns config."""
+def validate(config: ml_collections.ConfigDict, *,
+             testing: bool = False) -> ml_collections.ConfigDict:
+  """Checks keys against the task's base config and values for sense; returns config.
+  testing=True (metajax.retest): what only training uses, validation, is not checked."""
   base = base_for(config)
   for key in config.keys():
     if key not in base:
@@ -378,6 +381,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"task_chunk={config.task_chunk} must divide "
                       f"meta_batch={config.meta_batch} for batching={config.batching!r}")
   _check_mamlpp(config)
+  # Keys an algorithm would otherwise ignore while eval.json records them.
+  if config.first_order and config.algorithm not in MAML_FAMILY:
+    raise ConfigError(f"first_order=True drops the second-order terms of the MAML loss; "
+                      f"algorithm={config.algorithm!r} has none (Reptile and iMAML never "
+                      "differentiate through the inner loop, ProtoNet has none): use False")
+  if config.unroll and config.algorithm in ("imaml", "protonet"):
+    raise ConfigError(f"unroll=True unrolls the inner loop of MAML-family algorithms and "
+                      f"Reptile; algorithm={config.algorithm!r} does not use it: use False")
   if config.task != "sinusoid":
     _check_bn_outer_only(config)
   lo, _ = _range(config, "metasgd_lr_range")
@@ -385,9 +396,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"metasgd_lr_range must satisfy 0 < low <= high, got "
                       f"{tuple(config.metasgd_lr_range)!r}")
   if config.task != "sinusoid":
-    if config.eval_tasks % config.eval_batch or config.val_tasks % config.eval_batch:
+    validates = config.eval_every > 0 and not testing
+    if config.eval_tasks % config.eval_batch or (
+        validates and config.val_tasks % config.eval_batch):
       raise ConfigError(f"eval_batch={config.eval_batch} must divide eval_tasks="
-                        f"{config.eval_tasks} and val_tasks={config.val_tasks}")
+                        f"{config.eval_tasks}" + (f" and val_tasks={config.val_tasks}"
+                                                  if validates else ""))
     configs = ("maml", "vinyals") if config.task == "omniglot" else ("default",)
     if config.dataset_config not in configs:
       raise ConfigError(f"dataset_config for {config.task} must be one of {configs}, "

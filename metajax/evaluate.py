@@ -33,6 +33,15 @@ def test_time_objective(algo: Algorithm, loss_fn, params):
   return proximal_loss(loss_fn, params, algo.test_lam)
 
 
+def test_time_rate(algo: Algorithm, meta_params: dict, lr=None):
+  """(rate, lr_per_step) of test-time adaptation: `lr` where given (a re-test's
+  eval_inner_lr), else the trained rate (Meta-SGD's learned per-entry rates,
+  LSLR's per leaf and step)."""
+  if lr is None:
+    return inner_lr(algo, meta_params), algo.lslr
+  return lr, False
+
+
 def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
                       *, steps: int, lr=None, metric=None, last_only: bool = False,
                       head_split=None):
@@ -52,8 +61,7 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
   task; its `metric` (or `loss`) then replaces `metric`.
   """
   params = meta_params["params"]
-  lr_per_step = algo.lslr and lr is None  # LSLR: the learned rate of each step
-  lr = inner_lr(algo, meta_params) if lr is None else lr
+  lr, lr_per_step = test_time_rate(algo, meta_params, lr)
   split = head_split if uses_head_split(algo, head_split) else None
   if split is None:
     mask = inner_mask(algo, params)

@@ -105,9 +105,21 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
 
 
 def summarize(acc_BxS: np.ndarray) -> dict:
-  per_step = [mean_ci95(col) for col in np.asarray(acc_BxS, np.float64).T]
+  """Mean and 95% CI per step. A step at which some episodes diverged (NaN
+  accuracy, metajax.tasks.fewshot.accuracy) is null, with their count in
+  diverged_tasks, as the sinusoid's eval.json reports it."""
+  acc_BxS = np.asarray(acc_BxS, np.float64)
+  diverged_S = (~np.isfinite(acc_BxS)).sum(0)
+  per_step = [mean_ci95(col) if not n else (None, None)
+              for col, n in zip(acc_BxS.T, diverged_S)]
   return {"accuracy": [m for m, _ in per_step], "ci95": [c for _, c in per_step],
+          "diverged_tasks": [int(n) for n in diverged_S],
           "final_accuracy": per_step[-1][0], "final_ci95": per_step[-1][1]}
+
+
+def percent(mean, ci95) -> str:
+  """'12.34 ± 0.56%', or 'diverged' for a null (summarize)."""
+  return "diverged" if mean is None else f"{100 * mean:.2f} ± {100 * ci95:.2f}%"
 
 
 @dataclasses.dataclass
@@ -220,8 +232,10 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
 
   def validate(state):
     acc = summarize(evaluate_last(state.adaptation_params(), val_on_device, config.val_tasks))
-    return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"],
-            "score": acc["final_accuracy"]}
+    score = acc["final_accuracy"]
+    return {"val_accuracy": score, "val_ci95": acc["final_ci95"],
+            **({"val_diverged_tasks": acc["diverged_tasks"][-1]} if score is None else {}),
+            "score": -np.inf if score is None else score}
 
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
                             keep=config.keep_checkpoints)
@@ -231,11 +245,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       on_boundary=validate if config.eval_every else None, progress=progress,
       desc=f"{config.algorithm} {config.task} {config.ways}w{config.k_shot}s")
 
-  # Test the best-validated checkpoint (the final parameters without validation).
-  best_step = checkpoints.best_step()
+  # Test the best-validated checkpoint (the final parameters without validation:
+  # a resumed leg with eval_every=0 would otherwise test an earlier leg's best).
+  best_step = checkpoints.best_step() if config.eval_every else None
   best_val = None
   if best_step is not None:
     best_val = checkpoints.metrics(best_step)["score"]
+    best_val = best_val if np.isfinite(best_val) else None  # every validation diverged
     state, _ = checkpoints.restore(best_step, state)
   checkpoints.close()
   result = run_test(config, s, state, test_images)
@@ -250,8 +266,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   })
   if jax.process_index() != 0:
     return result
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  loop.replace_file(os.path.join(workdir, "eval.json"), json.dumps(result, indent=1))
   if config.plots:
     from metajax import plots  # matplotlib only when plotting
     plots.plot_curves(os.path.join(workdir, "curves.png"),
@@ -266,7 +281,7 @@ def summary(result) -> str:
           f"{result['train_wall_s']:.0f}s (compile {result['compile_s']:.1f}s, "
           f"{result['sec_per_meta_step']:.3f} s/meta-step)\n"
           f"  test accuracy over {result['num_tasks']} episodes after {s[-1]} steps: "
-          f"{100 * result['final_accuracy']:.2f} ± {100 * result['final_ci95']:.2f}% "
+          f"{percent(result['final_accuracy'], result['final_ci95'])} "
           f"({result['params']} parameters"
           + (f", step {result['best_step']}" if result["best_step"] is not None else "")
           + ")")

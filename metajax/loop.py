@@ -121,7 +121,7 @@ def _check_no_other_run(workdir: str, config_dict: dict) -> None:
       + f"\nUse a new --workdir, or delete {workdir} to start over there.")
 
 
-def _replace_file(path: str, text: str) -> None:
+def replace_file(path: str, text: str) -> None:
   """Writes `path` whole or not at all (a crash mid-write leaves the old file)."""
   tmp = f"{path}.tmp{os.getpid()}"
   try:
@@ -184,11 +184,11 @@ def run(config, state, meta_step, workdir: str, checkpoints: Checkpoints, *,
   primary = jax.process_index() == 0
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if primary:  # after the resume check: a refused resume leaves the workdir as it was
-    _replace_file(os.path.join(workdir, "config.json"),
-                  json.dumps(config_dict, indent=1, default=str))
+    replace_file(os.path.join(workdir, "config.json"),
+                 json.dumps(config_dict, indent=1, default=str))
     # The rows up to the resumed step (rows past it would be logged twice).
-    _replace_file(metrics_path, "".join(_metrics_rows_until(metrics_path, start))
-                  if start else "")
+    replace_file(metrics_path, "".join(_metrics_rows_until(metrics_path, start))
+                 if start else "")
 
   compiled, compile_s = {}, 0.0
 

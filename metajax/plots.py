@@ -17,8 +17,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from metajax.algorithms import Algorithm, inner_lr, inner_mask  # noqa: E402
-from metajax.evaluate import test_time_objective  # noqa: E402
+from metajax.algorithms import Algorithm, inner_mask  # noqa: E402
+from metajax.evaluate import test_time_objective, test_time_rate  # noqa: E402
 from metajax.inner import inner_loop  # noqa: E402
 from metajax.tasks.sinusoid import sine  # noqa: E402
 
@@ -31,7 +31,8 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
   task = jax.tree.map(lambda a: a[0], problem.sample_tasks(
       key, meta_batch=1, k_shot=k_shot, k_query=1))
   params = meta_params["params"]
-  lr = inner_lr(algo, meta_params)
+  lr, lr_per_step = test_time_rate(  # as in evaluation
+      algo, meta_params, config.eval_inner_lr if config.eval_inner_lr > 0 else None)
   x_Nx1 = jnp.linspace(*config.x_range, 200)[:, None]
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.plot(x_Nx1[:, 0], sine(x_Nx1[:, 0], task["amplitude"], task["phase"]),
@@ -42,7 +43,7 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
     loss = test_time_objective(algo, problem.loss_fn, params)  # as in evaluation
     phi = inner_loop(loss, params, task["support"], steps=steps, lr=lr,
                      mask=inner_mask(algo, params), optimizer=algo.inner_optimizer,
-                     lr_per_step=algo.lslr, adam_carry=meta_params.get("adam_carry"))[0]
+                     lr_per_step=lr_per_step, adam_carry=meta_params.get("adam_carry"))[0]
     ax.plot(x_Nx1[:, 0], problem.predict(phi, x_Nx1)[:, 0], style,
             color="tab:green", label=f"{steps} grad step{'s' * (steps > 1)}")
   xs, ys = task["support"]

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metajax.tasks.fewshot import accuracy
+
 EmbedFn = Callable  # (params, x_NxHxWxC) -> features_NxD
 
 
@@ -44,4 +46,4 @@ def episode_loss(embed: EmbedFn, params, task: dict, ways: int):
 
 def episode_accuracy(embed: EmbedFn, params, task: dict, ways: int):
   logits = query_logits(embed, params, task, ways)
-  return jnp.mean(jnp.argmax(logits, -1) == task["query"][1])
+  return accuracy(logits, task["query"][1])

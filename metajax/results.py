@@ -55,7 +55,8 @@ def fewshot_table(root: str) -> str:
     rows.append((
         e["algorithm"], e["dataset"], f"{e['ways']}w{e['k_shot']}s",
         os.path.basename(os.path.dirname(path)),
-        f"{100 * e['final_accuracy']:.2f} ± {100 * e['final_ci95']:.2f}",
+        "diverged" if e["final_accuracy"] is None
+        else f"{100 * e['final_accuracy']:.2f} ± {100 * e['final_ci95']:.2f}",
         e["inner_steps_test"], e["iterations"],
         "-" if e["best_step"] is None else e["best_step"],
         f"{e['sec_per_meta_step']:.3f}", f"{e['train_wall_s'] / 60:.0f}",

@@ -31,7 +31,7 @@ import sys
 import jax
 
 from metajax import config as config_lib
-from metajax import sharding
+from metajax import loop, sharding
 # TEST_KEYS, the keys a re-test may change, decide only how the final test
 # adapts and which episodes it scores, not what was trained or how checkpoints
 # were ranked.
@@ -61,7 +61,7 @@ def config_from_json(saved: dict):
       value = tuple(value)
     with config.ignore_type():
       config[key] = value
-  return config_lib.validate(config)
+  return config_lib.validate(config, testing=True)
 
 
 def _prepare(config, split: str):
@@ -115,7 +115,7 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
              if key in TRAINED_INSTEAD else ""))
     set_override(config, key, raw)
     changed[key] = config[key]
-  config_lib.validate(config)
+  config_lib.validate(config, testing=True)
 
   if split != "test" and config.task == "sinusoid":
     raise config_lib.ConfigError("sinusoid runs have no validation split: their "
@@ -140,8 +140,10 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
       raise config_lib.ConfigError(f"{checkpoints.directory} holds no checkpoint")
     if step is None:
       # What the run's own eval.json tested: a few-shot run's best-validated
-      # checkpoint; a sinusoid run's final parameters (its newest checkpoint).
-      step = checkpoints.best_step() if config.task != "sinusoid" else None
+      # checkpoint (if its last leg validated); else its final parameters (the
+      # newest checkpoint).
+      step = checkpoints.best_step() if config.task != "sinusoid" and config.eval_every \
+          else None
       which = "best validation"
       if step is None:
         step, which = steps[-1], "newest"
@@ -168,8 +170,7 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
   })
   result["name"] = name
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
-      json.dump(result, f, indent=1)
+    loop.replace_file(os.path.join(workdir, f"eval_{name}.json"), json.dumps(result, indent=1))
   return result
 
 
@@ -192,7 +193,8 @@ def parse_args(argv):
 def summary(result) -> str:
   steps = result["steps"]
   if result.get("metric") == "accuracy":
-    scores = [f"{s}: {100 * a:.2f} ± {100 * c:.2f}%"
+    from metajax.fewshot import percent
+    scores = [f"{s}: {percent(a, c)}"
               for s, a, c in zip(steps, result["accuracy"], result["ci95"])]
   else:
     scores = [f"K={k} " + ", ".join(f"{s}: {m:.3f} ± {c:.3f}" if m is not None

@@ -210,8 +210,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
       "backend": jax.default_backend(), "jax_version": jax.__version__,
   })
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(result, f, indent=1)
+    loop.replace_file(os.path.join(workdir, "eval.json"), json.dumps(result, indent=1))
   if config.plots and jax.process_index() == 0:
     from metajax import plots  # matplotlib only when plotting
     plots.plot_adaptation(os.path.join(workdir, "adaptation.png"), config, algo,

@@ -420,10 +420,10 @@ def test_rewriting_a_run_file_that_fails_midway_leaves_the_old_one(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"step": 100}\n')
   with pytest.raises(TypeError):
-    loop._replace_file(str(path), None)  # the write itself fails
+    loop.replace_file(str(path), None)  # the write itself fails
   assert path.read_text() == '{"step": 100}\n'
   assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left
-  loop._replace_file(str(path), "")
+  loop.replace_file(str(path), "")
   assert path.read_text() == ""
 
 
@@ -439,7 +439,7 @@ def test_a_resume_that_fails_while_rewriting_its_files_keeps_the_metrics(tmp_pat
 
   def fail(path, text):
     raise OSError(f"disk full while writing {path}")
-  monkeypatch.setattr(loop, "_replace_file", fail)
+  monkeypatch.setattr(loop, "replace_file", fail)
   with pytest.raises(OSError, match="disk full"):
     loop.run(_toy_config(), _toy_state(), _counting_step([]), str(tmp_path),
              Checkpoints(str(tmp_path / "checkpoints")), progress=False)

@@ -51,6 +51,19 @@ class ProtoNetTest(chex.TestCase):
       np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
       np.testing.assert_allclose(acc, ref_acc)
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_non_finite_logits_score_nan_not_a_guess(self):
+    from metajax.tasks.fewshot import accuracy
+    labels = jnp.asarray([0, 1, 2, 1])
+    logits = jnp.eye(3)[jnp.asarray([0, 1, 0, 1])]
+    assert float(self.variant(accuracy)(logits, labels)) == 0.75
+    for bad in (jnp.nan, jnp.inf):
+      assert np.isnan(self.variant(accuracy)(logits.at[2, 1].set(bad), labels))
+    params = {"w": jnp.full((D_IN, D_OUT), jnp.nan)}
+    task = _task(jax.random.PRNGKey(0))
+    assert np.isnan(self.variant(lambda p, t: episode_accuracy(linear_embed, p, t, WAYS))(
+        params, task))
+
   def test_prototypes_are_class_means_in_label_order(self):
     f = jnp.asarray([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 8.0]])
     np.testing.assert_allclose(prototypes(f, jnp.asarray([1, 0, 1, 0]), 2),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from metajax import config as config_lib
-from metajax.retest import main, retest
+from metajax.retest import main, retest, summary
 from metajax.train import train_and_evaluate
 from test_episodes import synthetic_data, tiny_fewshot  # noqa: F401 (fixture)
 from test_train import tiny
@@ -57,6 +57,15 @@ def test_retest_of_an_image_run(tmp_path, synthetic_data, capsys):
       trained["accuracy"][0], rel=1e-6)
   assert slow["accuracy"][1:] != trained["accuracy"][1:]
   assert os.path.isfile(os.path.join(workdir, "eval_slow.json"))
+
+  # A rate that overflows: the diverged steps are null with their episode
+  # count, not scored as guesses (argmax of NaN logits picks a class).
+  boom = retest(workdir, ["eval_inner_lr=1e38"], name="boom")
+  assert boom["accuracy"][0] == pytest.approx(trained["accuracy"][0], rel=1e-6)
+  assert boom["diverged_tasks"][0] == 0 and boom["accuracy"][-1] is None
+  assert boom["diverged_tasks"][-1] == boom["num_tasks"] and boom["final_accuracy"] is None
+  assert "2: diverged" in summary(boom)
+  json.loads(open(os.path.join(workdir, "eval_boom.json")).read())
 
   # A chosen checkpoint.
   first = retest(workdir, step=20, name="at20")
@@ -151,3 +160,42 @@ def test_retest_refuses_abbreviated_flags(capsys):
     main(["--workdir", "runs/x", "--st", "3"])
   assert exit_info.value.code == 2
   assert "unknown argument '--st'" in capsys.readouterr().err
+
+
+def test_summarize_reports_diverged_episodes_as_null():
+  from metajax.fewshot import percent, summarize
+  acc_BxS = np.array([[0.2, 0.6, np.nan], [0.4, 0.8, 1.0], [0.2, 1.0, np.nan]])
+  got = summarize(acc_BxS)
+  sd = np.std([0.6, 0.8, 1.0], ddof=1)
+  np.testing.assert_allclose(got["accuracy"][:2], [0.8 / 3, 0.8])
+  np.testing.assert_allclose(got["ci95"][1], 1.96 * sd / np.sqrt(3))
+  assert got["accuracy"][2] is None and got["ci95"][2] is None
+  assert got["diverged_tasks"] == [0, 0, 2]
+  assert got["final_accuracy"] is None and got["final_ci95"] is None
+  assert percent(None, None) == "diverged" and percent(0.5, 0.01) == "50.00 ± 1.00%"
+
+
+def test_a_leg_without_validation_tests_its_final_parameters(tmp_path, synthetic_data):
+  """A run validated up to step 40, then resumed to 60 with eval_every=0: the
+  test (and a re-test) uses step 60's parameters, not the first leg's best."""
+  workdir = str(tmp_path / "run")
+  first = train_and_evaluate(tiny_fewshot(num_steps=40, eval_every=20, log_every=20,
+                                          eval_max_steps=1), workdir, progress=False)
+  assert first["params"] == "best validation" and first["best_step"] in (20, 40)
+  second = train_and_evaluate(tiny_fewshot(num_steps=60, eval_every=0, log_every=20,
+                                           eval_max_steps=1), workdir, progress=False)
+  assert second["params"] == "final" and second["best_step"] is None
+  assert second["val_tasks"] == 0
+  again = retest(workdir)
+  assert again["checkpoint_step"] == 60 and again["params"] == "newest"
+  np.testing.assert_allclose(again["accuracy"], second["accuracy"], rtol=1e-6)
+
+
+def test_eval_batch_must_divide_val_tasks_only_where_validation_runs():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"eval_batch=40 must divide eval_tasks=40 and val_tasks=20"):
+    config_lib.validate(tiny_fewshot(eval_batch=40))
+  config_lib.validate(tiny_fewshot(eval_batch=40, eval_every=0))  # no validation: accepted
+  config_lib.validate(tiny_fewshot(eval_batch=40), testing=True)  # a re-test never validates
+  with pytest.raises(config_lib.ConfigError, match=r"eval_batch=30 must divide eval_tasks=40$"):
+    config_lib.validate(tiny_fewshot(eval_batch=30, eval_every=0))

@@ -119,6 +119,11 @@ def _fewshot(**overrides):
      r"eval_shots must be a non-empty tuple of positive integers, got \(\)"),
     (lambda: tiny(hidden=(40, 0)),
      r"hidden must be a non-empty tuple of positive integers, got \(40, 0\)"),
+    (lambda: tiny(algorithm="reptile", first_order=True),
+     r"first_order=True drops .* algorithm='reptile' has none .*: use False"),
+    (lambda: _fewshot(algorithm="protonet", first_order=True), r"algorithm='protonet' has none"),
+    (lambda: tiny(algorithm="imaml", unroll=True),
+     r"unroll=True .* algorithm='imaml' does not use it: use False"),
     (lambda: tiny(task="cifar"), r"task must be one of \('sinusoid', 'omniglot', "),
     (lambda: config_lib.fewshot_base("cifar"),
      r"few-shot dataset must be one of \('omniglot', 'mini_imagenet'\), got 'cifar'"),
@@ -149,6 +154,18 @@ def test_remat_as_a_bool_in_an_experiment_file_names_the_mode_that_replaced_it(t
                      match=r"exp.py: get_config\(\) sets remat to a value of another type "
                            r"than its default in metajax.config: .*" + REMAT_HINT):
     load_config(str(path))
+
+
+def test_test_only_keys_resume_where_validation_does_not_use_them():
+  from metajax.checkpoint import resume_changes
+  sine = tiny().to_dict()
+  now = dict(sine, eval_max_steps=5, eval_inner_lr=0.02)
+  assert resume_changes(sine, now, "ckpt") == {}
+  assert set(resume_changes(sine, dict(sine, val_tasks=7), "ckpt")) == {"val_tasks"}
+  # Images: the validation adapts for eval_max_steps, at eval_inner_lr.
+  image = config_lib.fewshot_base("omniglot").to_dict()
+  now = dict(image, eval_max_steps=5, eval_inner_lr=0.02)
+  assert set(resume_changes(image, now, "ckpt")) == {"eval_max_steps", "eval_inner_lr"}
 
 
 def test_a_run_saved_with_a_bool_remat_reads_as_off_or_full():

@@ -89,4 +89,7 @@ def cross_entropy(logits_NxW, labels_N):
 
 
 def accuracy(logits_NxW, labels_N):
-  return jnp.mean(jnp.argmax(logits_NxW, -1) == labels_N)
+  """Fraction of correct argmax predictions; NaN where any logit is not finite
+  (a diverged episode: argmax would pick a class and score it as a guess)."""
+  correct = jnp.mean(jnp.argmax(logits_NxW, -1) == labels_N)
+  return jnp.where(jnp.all(jnp.isfinite(logits_NxW)), correct, jnp.nan)
