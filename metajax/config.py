@@ -30,10 +30,17 @@ REMAT_WAS_BOOL = " (remat is no longer a bool: True is now 'full', False 'off')"
 
 def upgrade_saved(saved: dict) -> dict:
   """A run's saved config with values an older metajax wrote in today's form:
-  remat was a bool (True: each inner step recomputed, now "full"). A copy."""
+  remat was a bool (True: each inner step recomputed, now "full"); first_order
+  and unroll were accepted and ignored where nothing reads them (now errors),
+  so such a run ran with them False. A copy."""
   saved = dict(saved)
   if isinstance(saved.get("remat"), bool):
     saved["remat"] = "full" if saved["remat"] else "off"
+  algorithm = saved.get("algorithm")
+  if saved.get("first_order") and algorithm in ALGORITHMS and algorithm not in MAML_FAMILY:
+    saved["first_order"] = False
+  if saved.get("unroll") and algorithm in ("imaml", "protonet"):
+    saved["unroll"] = False
   return saved
 
 

@@ -117,6 +117,18 @@ def summarize(acc_BxS: np.ndarray) -> dict:
           "final_accuracy": per_step[-1][0], "final_ci95": per_step[-1][1]}
 
 
+def validation_row(acc_B) -> dict:
+  """metrics.jsonl's validation entries and the "score" that ranks the
+  checkpoint, from each validation episode's accuracy (NaN: it diverged)."""
+  acc = summarize(np.asarray(acc_B)[:, None])
+  diverged = acc["diverged_tasks"][-1]
+  return {"val_accuracy": acc["final_accuracy"], "val_ci95": acc["final_ci95"],
+          **({"val_diverged_tasks": diverged} if diverged else {}),
+          # A diverged episode counts as 0 correct, so one such episode lowers
+          # the score without hiding what the others scored.
+          "score": float(np.mean(np.nan_to_num(np.asarray(acc_B, np.float64), nan=0.0)))}
+
+
 def percent(mean, ci95) -> str:
   """'12.34 ± 0.56%', or 'diverged' for a null (summarize)."""
   return "diverged" if mean is None else f"{100 * mean:.2f} ± {100 * ci95:.2f}%"
@@ -231,11 +243,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   val_on_device = None if val_images is None else sharding.place_state(val_images, mesh)
 
   def validate(state):
-    acc = summarize(evaluate_last(state.adaptation_params(), val_on_device, config.val_tasks))
-    score = acc["final_accuracy"]
-    return {"val_accuracy": score, "val_ci95": acc["final_ci95"],
-            **({"val_diverged_tasks": acc["diverged_tasks"][-1]} if score is None else {}),
-            "score": -np.inf if score is None else score}
+    return validation_row(
+        evaluate_last(state.adaptation_params(), val_on_device, config.val_tasks)[:, -1])
 
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
                             keep=config.keep_checkpoints)
@@ -250,8 +259,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   best_step = checkpoints.best_step() if config.eval_every else None
   best_val = None
   if best_step is not None:
+    # The ranking score: the validation accuracy, a diverged episode counted as wrong.
     best_val = checkpoints.metrics(best_step)["score"]
-    best_val = best_val if np.isfinite(best_val) else None  # every validation diverged
     state, _ = checkpoints.restore(best_step, state)
   checkpoints.close()
   result = run_test(config, s, state, test_images)

@@ -56,7 +56,8 @@ def plot_adaptation(path, config, algo: Algorithm, problem, meta_params,
 
 
 def _read_metrics(metrics_path):
-  """The rows of a metrics.jsonl and those of them that carry a validation."""
+  """The rows of a metrics.jsonl and those of them that carry a validation
+  (not those whose validation diverged: val_accuracy null)."""
   with open(metrics_path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
   return rows, [r for r in rows if r.get("val_accuracy") is not None]
@@ -90,7 +91,10 @@ def validation_curves(workdir):
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: pass a training workdir (a folder "
                             "holding the metrics.jsonl that metajax.train writes)")
-  val = _read_metrics(path)[1]
+  rows, val = _read_metrics(path)
+  if not val and any("val_accuracy" in r for r in rows):
+    raise ValueError(f"every validation in {path} diverged (val_accuracy null): nothing "
+                     "to plot")
   if not val:
     raise ValueError(f"{path} has no validation rows (val_accuracy): train with "
                      "--config.eval_every > 0 on a few-shot data set")

@@ -4,9 +4,10 @@
       --config.eval_max_steps=10 --config.eval_inner_lr=0.1 [--step 4000] [--name lr0.1] \
       [--split validation]
 
-Reads WORKDIR/config.json and one checkpoint (the one the run's own test used:
-the best-validated one, else the newest, and for sinusoid runs, which test
-their final parameters, the newest; or --step), applies the overrides, which may only be test-time keys
+Reads WORKDIR/config.json and one checkpoint (the one the run's own test in
+eval.json used: the best-validated one, or the final parameters where the last
+leg did not validate, as for every sinusoid run; or --step), applies the
+overrides, which may only be test-time keys
 (TEST_KEYS: how many steps and at what rate a task adapts at test, which and
 how many test episodes, where the data is; and k_shot where the run trained on
 k_shot_train shots, as Reptile's protocol tests one run at 1 and at 5 shots,
@@ -89,6 +90,22 @@ def _prepare(config, split: str):
 SPLITS = ("test", "validation")
 
 
+def _tested_step(workdir: str, steps: list[int]):
+  """(step, "best validation" | "newest") of the checkpoint the run's own
+  eval.json was computed from, if it says so and that checkpoint is here; else
+  (None, None). A later leg stopped before its test leaves eval.json as it was."""
+  try:
+    with open(os.path.join(workdir, "eval.json")) as f:
+      tested = json.load(f)
+  except (OSError, ValueError):
+    return None, None
+  if tested.get("best_step") is not None:
+    step, which = tested["best_step"], "best validation"
+  else:  # the final parameters: the last step of the leg that wrote it
+    step, which = tested.get("iterations", tested.get("num_steps")), "newest"
+  return (step, which) if step in steps else (None, None)
+
+
 def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") -> dict:
   """Re-tests the run in `workdir`; returns the result written to eval_<name>.json.
 
@@ -139,14 +156,15 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
     if not steps:
       raise config_lib.ConfigError(f"{checkpoints.directory} holds no checkpoint")
     if step is None:
-      # What the run's own eval.json tested: a few-shot run's best-validated
-      # checkpoint (if its last leg validated); else its final parameters (the
-      # newest checkpoint).
-      step = checkpoints.best_step() if config.task != "sinusoid" and config.eval_every \
-          else None
-      which = "best validation"
+      step, which = _tested_step(workdir, steps)
       if step is None:
-        step, which = steps[-1], "newest"
+        # No eval.json to say (a run still training): a few-shot run's
+        # best-validated checkpoint if its last leg validates, else the newest.
+        step = checkpoints.best_step() if config.task != "sinusoid" and config.eval_every \
+            else None
+        which = "best validation"
+        if step is None:
+          step, which = steps[-1], "newest"
     elif step not in steps:
       raise config_lib.ConfigError(f"no checkpoint of meta-step {step} in "
                                    f"{checkpoints.directory}; there are {steps}")

@@ -241,10 +241,10 @@ class AnilTest(chex.TestCase):
 
 
 def _hand_task_value_and_grad(name, params, task, steps, rates):
-  """One task's (query loss, meta-gradient) with the inner loop written out:
-  SGD at per-entry `rates`; first order stops the inner gradients; ANIL adapts
-  only the head."""
-  def query_loss(p):
+  """One task's (query loss, (d/d params, d/d rates)) with the inner loop written
+  out: SGD at per-entry `rates`; first order stops the inner gradients; ANIL
+  adapts only the head."""
+  def query_loss(p, rates):
     phi = p
     for _ in range(steps):
       g = jax.grad(tanh_mlp_loss)(phi, task["support"])
@@ -254,7 +254,7 @@ def _hand_task_value_and_grad(name, params, task, steps, rates):
         g = {k: v if k == "head" else jax.tree.map(jnp.zeros_like, v) for k, v in g.items()}
       phi = jax.tree.map(lambda a, r, b: a - r * b, phi, rates, g)
     return tanh_mlp_loss(phi, task["query"])
-  return jax.value_and_grad(query_loss)(params)
+  return jax.value_and_grad(query_loss, argnums=(0, 1))(params, rates)
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil", "reptile", "imaml"])
@@ -264,9 +264,11 @@ def test_vmapped_meta_batch_equals_python_loop(name):
     task_list, tasks = _task_batch(jax.random.PRNGKey(11), 5)
     algo = Algorithm.named(name, steps=2, inner_lr=0.1)
     rates = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
-    if name == "metasgd":  # distinct per-entry rates
-      rates = jax.tree.map(lambda p: 0.05 + 0.1 * jax.random.uniform(
-          jax.random.PRNGKey(p.size), p.shape, p.dtype), params)
+    if name == "metasgd":  # distinct per-entry rates, each leaf its own draw
+      leaves, treedef = jax.tree.flatten(params)
+      keys = jax.random.split(jax.random.PRNGKey(12), len(leaves))
+      rates = jax.tree.unflatten(treedef, [0.05 + 0.1 * jax.random.uniform(k, p.shape, p.dtype)
+                                           for k, p in zip(keys, leaves)])
     meta_params = {"params": params, "inner_lr": rates if name == "metasgd" else None}
     loss, grads = meta_gradient(algo, tanh_mlp_loss, meta_params, tasks)
     if name in ("reptile", "imaml"):  # their per-task truths: the one-task batch,
@@ -277,6 +279,10 @@ def test_vmapped_meta_batch_equals_python_loop(name):
       per_task = [(l, g["params"]) for l, g in per_task]
     else:  # an inner loop written out, one task at a time
       per_task = [_hand_task_value_and_grad(name, params, t, 2, rates) for t in task_list]
+      if name == "metasgd":  # the learned rates' meta-gradient too
+        want = jax.tree.map(lambda *gs: np.mean(gs, axis=0), *[g[1] for _, g in per_task])
+        chex.assert_trees_all_close(grads["inner_lr"], want, rtol=1e-10, atol=1e-14)
+      per_task = [(l, g[0]) for l, g in per_task]
     np.testing.assert_allclose(loss, np.mean([l for l, _ in per_task]), rtol=1e-12)
     expected = jax.tree.map(lambda *gs: np.mean(gs, axis=0), *[g for _, g in per_task])
     chex.assert_trees_all_close(grads["params"], expected, rtol=1e-10, atol=1e-14)

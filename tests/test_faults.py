@@ -149,6 +149,7 @@ def test_resume_mid_run_with_more_state_is_bitwise_identical(experiment, extra, 
   whole = _final_state(tmp_path, 40)
   shutil.rmtree(tmp_path / "checkpoints" / "40")  # as if killed after step 20's save
   assert main(args) == 0
+  assert json.loads((tmp_path / "eval.json").read_text())["resumed_from_step"] == 20
   _assert_bitwise_equal(_final_state(tmp_path, 40), whole, f"({experiment} {extra})")
 
 
@@ -248,9 +249,11 @@ def test_schedule_length_may_not_change_on_resume():
 def test_a_changed_test_protocol_is_refused_with_a_pointer_to_retest():
   from metajax.checkpoint import check_resumable
   saved = load_config(os.path.join(ROOT, "experiments", "sine_maml.py")).to_dict()
-  now = dict(saved, eval_max_steps=saved["eval_max_steps"] + 5)
+  # eval_query: the sinusoid's validation scores that many query points
+  # (eval_max_steps it does not use, so that one resumes; test_train.py).
+  now = dict(saved, eval_query=saved["eval_query"] + 5)
   with pytest.raises(config_lib.ConfigError, match=r"python -m metajax.retest --workdir runs/x "
-                     r"--config.eval_max_steps=\.\.\."):
+                     r"--config.eval_query=\.\.\."):
     check_resumable(saved, now, "runs/x/checkpoints")
   now["inner_lr"] = 2 * saved["inner_lr"]  # training changes too: no retest pointer
   with pytest.raises(config_lib.ConfigError) as e:

@@ -20,13 +20,19 @@ def test_validation_curves_reads_only_validation_rows(tmp_path):
   _write_metrics(run, [
       {"step": 100, "loss": 1.5, "elapsed_s": 60.0},
       {"step": 200, "loss": 1.4, "elapsed_s": 150.0, "val_accuracy": 0.25, "val_ci95": 0.0125},
-      {"step": 300, "loss": 1.3, "elapsed_s": 240.0},
+      {"step": 300, "loss": 1.3, "elapsed_s": 240.0, "val_accuracy": None, "val_ci95": None,
+       "val_diverged_tasks": 3},  # a diverged validation: no point to plot
       {"step": 400, "loss": 1.2, "elapsed_s": 390.0, "val_accuracy": 0.5, "val_ci95": 0.02}])
   steps, minutes, acc, ci = plots.validation_curves(run)
   assert steps == [200, 400]
   assert minutes == [2.5, 6.5]
   assert acc == [25.0, 50.0]
   assert ci == pytest.approx([1.25, 2.0])
+  run = str(tmp_path / "run_b")
+  _write_metrics(run, [{"step": 100, "loss": 1.5, "elapsed_s": 60.0, "val_accuracy": None,
+                        "val_ci95": None, "val_diverged_tasks": 20}])
+  with pytest.raises(ValueError, match=r"every validation in .* diverged"):
+    plots.validation_curves(run)
 
 
 def test_plot_validation_writes_a_png(tmp_path):

@@ -175,6 +175,17 @@ def test_summarize_reports_diverged_episodes_as_null():
   assert percent(None, None) == "diverged" and percent(0.5, 0.01) == "50.00 ± 1.00%"
 
 
+def test_a_diverged_validation_episode_is_null_and_counts_as_wrong_in_the_rank():
+  from metajax.fewshot import validation_row
+  row = validation_row(np.array([0.2, np.nan, 0.6, 1.0]))
+  assert row["val_accuracy"] is None and row["val_ci95"] is None
+  assert row["val_diverged_tasks"] == 1 and row["score"] == pytest.approx(1.8 / 4)
+  json.dumps({k: v for k, v in row.items()}, allow_nan=False)
+  row = validation_row(np.array([0.2, 0.4, 0.6]))
+  assert row["val_accuracy"] == pytest.approx(0.4) and row["score"] == pytest.approx(0.4)
+  assert "val_diverged_tasks" not in row
+
+
 def test_a_leg_without_validation_tests_its_final_parameters(tmp_path, synthetic_data):
   """A run validated up to step 40, then resumed to 60 with eval_every=0: the
   test (and a re-test) uses step 60's parameters, not the first leg's best."""

@@ -168,6 +168,22 @@ def test_test_only_keys_resume_where_validation_does_not_use_them():
   assert set(resume_changes(image, now, "ckpt")) == {"eval_max_steps", "eval_inner_lr"}
 
 
+def test_a_run_saved_with_an_ignored_first_order_or_unroll_still_loads_and_resumes():
+  # Such keys were accepted and ignored (the run computed them as False); they
+  # are config errors now, but an old run's config.json must still load.
+  from metajax.checkpoint import resume_changes
+  from metajax.retest import config_from_json
+  for changes in (dict(algorithm="reptile", first_order=True),
+                  dict(algorithm="imaml", first_order=True, unroll=True)):
+    saved = dict(tiny().to_dict(), **changes)
+    config = config_from_json(saved)
+    assert not config.first_order and not config.unroll
+    now = dict(saved, first_order=False, unroll=False)
+    assert resume_changes(saved, now, "ckpt") == {}
+  saved = dict(tiny().to_dict(), algorithm="maml", first_order=True)  # kept where it is read
+  assert config_from_json(saved).first_order
+
+
 def test_a_run_saved_with_a_bool_remat_reads_as_off_or_full():
   from metajax.checkpoint import resume_changes
   from metajax.inner import REMAT_MODES
@@ -322,6 +338,15 @@ def test_results_prints_only_tables_with_rows(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "| maml | 5 | sine | 1.000 ± 0.100 | 1.000 ± 0.100 |" in out
   assert "accuracy" not in out  # no empty few-shot table
+  # A few-shot run whose test diverged shows it, not a number.
+  (tmp_path / "omni").mkdir()
+  (tmp_path / "omni" / "eval.json").write_text(json.dumps({
+      "metric": "accuracy", "algorithm": "metasgd", "dataset": "omniglot", "ways": 5,
+      "k_shot": 1, "final_accuracy": None, "final_ci95": None, "inner_steps_test": 3,
+      "iterations": 100, "best_step": None, "sec_per_meta_step": 0.5, "train_wall_s": 60.0}))
+  assert results_main([str(tmp_path)]) == 0
+  assert "| metasgd | omniglot | 5w1s | omni | diverged | 3 | 100 | - |" in \
+      capsys.readouterr().out
 
 
 def test_plots_cli_reports_a_run_without_validation_as_an_error(tmp_path):
