@@ -278,7 +278,8 @@ def test_vmapped_meta_batch_equals_python_loop(name):
                                 jax.tree.map(lambda a: a[None], t)) for t in task_list]
       per_task = [(l, g["params"]) for l, g in per_task]
     else:  # an inner loop written out, one task at a time
-      per_task = [_hand_task_value_and_grad(name, params, t, 2, rates) for t in task_list]
+      hand = jax.jit(lambda p, t, r: _hand_task_value_and_grad(name, p, t, 2, r))
+      per_task = [hand(params, t, rates) for t in task_list]
       if name == "metasgd":  # the learned rates' meta-gradient too
         want = jax.tree.map(lambda *gs: np.mean(gs, axis=0), *[g[1] for _, g in per_task])
         chex.assert_trees_all_close(grads["inner_lr"], want, rtol=1e-10, atol=1e-14)
