@@ -259,8 +259,10 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   best_step = checkpoints.best_step() if config.eval_every else None
   best_val = None
   if best_step is not None:
-    # The ranking score: the validation accuracy, a diverged episode counted as wrong.
+    # The ranking score: the validation accuracy, a diverged episode counted as wrong
+    # (-inf where a checkpoint of an older metajax saw every episode diverge).
     best_val = checkpoints.metrics(best_step)["score"]
+    best_val = best_val if np.isfinite(best_val) else None
     state, _ = checkpoints.restore(best_step, state)
   checkpoints.close()
   result = run_test(config, s, state, test_images)

@@ -92,18 +92,23 @@ SPLITS = ("test", "validation")
 
 def _tested_step(workdir: str, steps: list[int]):
   """(step, "best validation" | "newest") of the checkpoint the run's own
-  eval.json was computed from, if it says so and that checkpoint is here; else
-  (None, None). A later leg stopped before its test leaves eval.json as it was."""
+  eval.json was computed from; (None, None) where there is no eval.json, or it
+  is older than the checkpoints (a later leg saved past the step its test ran
+  at, or a new run started in the workdir), or its checkpoint is gone."""
   try:
     with open(os.path.join(workdir, "eval.json")) as f:
       tested = json.load(f)
   except (OSError, ValueError):
     return None, None
-  if tested.get("best_step") is not None:
-    step, which = tested["best_step"], "best validation"
-  else:  # the final parameters: the last step of the leg that wrote it
-    step, which = tested.get("iterations", tested.get("num_steps")), "newest"
-  return (step, which) if step in steps else (None, None)
+  if not isinstance(tested, dict):
+    return None, None
+  last = tested.get("iterations", tested.get("num_steps"))  # the leg's final step
+  if type(last) is not int or not steps or last != steps[-1]:
+    return None, None
+  step, which = tested.get("best_step"), "best validation"
+  if step is None:
+    step, which = last, "newest"
+  return (step, which) if type(step) is int and step in steps else (None, None)
 
 
 def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") -> dict:
@@ -157,6 +162,9 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
       raise config_lib.ConfigError(f"{checkpoints.directory} holds no checkpoint")
     if step is None:
       step, which = _tested_step(workdir, steps)
+      if step is None and os.path.exists(os.path.join(workdir, "eval.json")):
+        print("note: eval.json is older than the newest checkpoint (or names one that is "
+              "gone); choosing the checkpoint by the run's config instead", file=sys.stderr)
       if step is None:
         # No eval.json to say (a run still training): a few-shot run's
         # best-validated checkpoint if its last leg validates, else the newest.

@@ -178,8 +178,9 @@ def test_a_diverged_validation_episode_is_null_and_counts_as_wrong_in_the_rank()
 
 
 def test_a_leg_without_validation_tests_its_final_parameters(tmp_path, synthetic_data):
-  """A run validated up to step 40, then resumed to 60 with eval_every=0: the
-  test (and a re-test) uses step 60's parameters, not the first leg's best."""
+  """A run validated up to step 20, then resumed to 30 with eval_every=0: the
+  test uses step 30's parameters, not the first leg's best, and a re-test picks
+  the checkpoint eval.json names (_tested_step)."""
   workdir = str(tmp_path / "run")
   run = lambda **kw: train_and_evaluate(
       tiny_fewshot(steps_per_call=10, log_every=10, eval_max_steps=1, test_every_step=False,
@@ -192,7 +193,14 @@ def test_a_leg_without_validation_tests_its_final_parameters(tmp_path, synthetic
   assert second["val_tasks"] == 0
   # A re-test restores what eval.json says its test used: here step 30.
   assert _tested_step(workdir, [10, 20, 30]) == (30, "newest")
-  assert _tested_step(workdir, [10, 20]) == (None, None)  # gone: retest's own rule decides
+  assert _tested_step(workdir, [10, 20]) == (None, None)  # older than the checkpoints
+  assert _tested_step(workdir, [10, 20, 30, 40]) == (None, None)  # a later leg saved 40
+  with open(os.path.join(workdir, "eval.json")) as f:
+    tested = json.load(f)
+  for bad in ([], dict(tested, best_step=True), dict(tested, iterations="30")):
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(bad, f)
+    assert _tested_step(workdir, [10, 20, 30]) == (None, None)
   os.remove(os.path.join(workdir, "eval.json"))
   assert _tested_step(workdir, [10, 20, 30]) == (None, None)
 
