@@ -17,6 +17,8 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "metasgd", "anil", "imaml", "protonet
 # The algorithms that meta-learn through metajax.maml.maml_loss (and so can
 # take MAML++'s switches).
 MAML_FAMILY = ("maml", "fomaml", "metasgd", "anil", "mamlpp")
+# Algorithms that take no `unroll`: iMAML's inner loop is its own, ProtoNet has none.
+NO_UNROLL = ("imaml", "protonet")
 OUTER_OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("sinusoid", "omniglot", "mini_imagenet")
@@ -39,7 +41,7 @@ def upgrade_saved(saved: dict) -> dict:
   algorithm = saved.get("algorithm")
   if saved.get("first_order") and algorithm in ALGORITHMS and algorithm not in MAML_FAMILY:
     saved["first_order"] = False
-  if saved.get("unroll") and algorithm in ("imaml", "protonet"):
+  if saved.get("unroll") and algorithm in NO_UNROLL:
     saved["unroll"] = False
   return saved
 
@@ -393,7 +395,7 @@ def validate(config: ml_collections.ConfigDict, *,
     raise ConfigError(f"first_order=True drops the second-order terms of the MAML loss; "
                       f"algorithm={config.algorithm!r} has none (Reptile and iMAML never "
                       "differentiate through the inner loop, ProtoNet has none): use False")
-  if config.unroll and config.algorithm in ("imaml", "protonet"):
+  if config.unroll and config.algorithm in NO_UNROLL:
     raise ConfigError(f"unroll=True unrolls the inner loop of MAML-family algorithms and "
                       f"Reptile; algorithm={config.algorithm!r} does not use it: use False")
   if config.task != "sinusoid":

@@ -24,6 +24,16 @@ def mean_ci95(values) -> tuple[float, float]:
   return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(v.size))
 
 
+def mean_ci95_per_step(values_BxS) -> tuple[list, list, list]:
+  """(means, ci95s, diverged counts) over the B tasks of each of S columns. A
+  column in which some task's value is not finite (rates tuned for few steps
+  can diverge when run for more) has mean and CI None (JSON has no NaN)."""
+  v = np.asarray(values_BxS, np.float64)
+  diverged_S = [int(n) for n in (~np.isfinite(v)).sum(0)]
+  per_step = [mean_ci95(col) if not n else (None, None) for col, n in zip(v.T, diverged_S)]
+  return [m for m, _ in per_step], [c for _, c in per_step], diverged_S
+
+
 def test_time_objective(algo: Algorithm, loss_fn, params):
   """The loss a task adapts on at test: the support loss, or for iMAML its
   proximal objective with lambda = algo.test_lam (0: the plain support loss,
@@ -106,17 +116,8 @@ def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:
     key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), k)
     tasks = problem.sample_tasks(key, meta_batch=config.eval_tasks, k_shot=k,
                                  k_query=config.eval_query)
-    losses_BxS = np.asarray(run(meta_params, tasks), np.float64)
-    # Rates tuned for few steps can diverge when run for more: such a step is
-    # reported as null (not a number) with the count of diverged tasks.
-    finite_S = np.all(np.isfinite(losses_BxS), axis=0)
-    per_step = [mean_ci95(col) if ok else (None, None)
-                for col, ok in zip(losses_BxS.T, finite_S)]
-    results[str(k)] = {
-        "mse": [m for m, _ in per_step],
-        "ci95": [c for _, c in per_step],
-        "diverged_tasks": [int(n) for n in (~np.isfinite(losses_BxS)).sum(0)],
-    }
+    mse, ci95, diverged = mean_ci95_per_step(run(meta_params, tasks))
+    results[str(k)] = {"mse": mse, "ci95": ci95, "diverged_tasks": diverged}
   return {"metric": "query MSE", "num_tasks": config.eval_tasks,
           "query_points": config.eval_query, "eval_seed": config.eval_seed,
           "steps": list(range(config.eval_max_steps + 1)),
@@ -137,12 +138,10 @@ def make_validator(config, algo: Algorithm, problem):
       algo, problem.loss_fn, mp, tasks, steps=config.inner_steps, last_only=True)[:, 0])
 
   def validate(meta_params) -> dict:
-    losses = np.asarray(to_host(run(meta_params)), np.float64)
-    diverged = int((~np.isfinite(losses)).sum())
-    if diverged:  # JSON has no NaN: null, the count, and the lowest checkpoint rank
+    [mse], [ci], [diverged] = mean_ci95_per_step(to_host(run(meta_params))[:, None])
+    if diverged:  # null, the count, and the lowest checkpoint rank
       return {"val_mse": None, "val_ci95": None, "val_diverged_tasks": diverged,
               "score": -np.inf}
-    mse, ci = mean_ci95(losses)
     return {"val_mse": mse, "val_ci95": ci, "score": -mse}
 
   return validate

@@ -24,7 +24,7 @@ from metajax import loop, sharding
 from metajax.algorithms import Algorithm, recorded_test_rate
 from metajax.batching import resolve
 from metajax.checkpoint import Checkpoints
-from metajax.evaluate import adaptation_losses, mean_ci95
+from metajax.evaluate import adaptation_losses, mean_ci95_per_step
 from metajax.protonet import episode_accuracy, episode_loss
 from metajax.step import initial_state, make_meta_step, make_outer_optimizer
 from metajax.tasks.episodes import channel_stats, check_episode_shape, sample_episodes
@@ -108,13 +108,9 @@ def summarize(acc_BxS: np.ndarray) -> dict:
   """Mean and 95% CI per step. A step at which some episodes diverged (NaN
   accuracy, metajax.tasks.fewshot.accuracy) is null, with their count in
   diverged_tasks, as the sinusoid's eval.json reports it."""
-  acc_BxS = np.asarray(acc_BxS, np.float64)
-  diverged_S = (~np.isfinite(acc_BxS)).sum(0)
-  per_step = [mean_ci95(col) if not n else (None, None)
-              for col, n in zip(acc_BxS.T, diverged_S)]
-  return {"accuracy": [m for m, _ in per_step], "ci95": [c for _, c in per_step],
-          "diverged_tasks": [int(n) for n in diverged_S],
-          "final_accuracy": per_step[-1][0], "final_ci95": per_step[-1][1]}
+  accuracy, ci95, diverged = mean_ci95_per_step(acc_BxS)
+  return {"accuracy": accuracy, "ci95": ci95, "diverged_tasks": diverged,
+          "final_accuracy": accuracy[-1], "final_ci95": ci95[-1]}
 
 
 def validation_row(acc_B) -> dict:
