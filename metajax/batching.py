@@ -78,7 +78,7 @@ def resolve(strategy: str, chunk, conv: str, meta_batch: int, backend=None):
     strategy, auto_chunk = ("scan", 1) if backend == "cpu" else ("vmap", None)
     chunk = chunk or auto_chunk
   if conv == "auto":
-    conv = "im2col" if backend == "cpu" else "xla"
+    conv = "winograd" if backend == "cpu" else "xla"
   if strategy != "vmap":
     chunk = chunk or 1
     if meta_batch % chunk:

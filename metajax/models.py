@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metajax import winograd
 
 class MLP(nn.Module):
   """MLP with ReLU: x_NxD -> y_NxO (MAML's sinusoid net is 1-40-40-1)."""
@@ -23,12 +24,17 @@ class MLP(nn.Module):
 
 
 # ------------------------------------------------------------------ conv-4
-CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid")
+CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid", "winograd")
+# "winograd" takes Winograd's form only where it paid in a whole CPU meta-step:
+# stride 1 and this many input channels or more. With conv-4's first layer (1 or
+# 3 channels) in it too, the Omniglot and mini-ImageNet 5w1s steps were slower
+# than im2col's, not faster (docs/RESULTS.md, "Winograd").
+WINOGRAD_MIN_CHANNELS = 16
 BN_MODES = ("transductive", "per_step", "none")
 
 
 def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
-  """3x3 'SAME' convolution, stride 1 or 2, in one of four equivalent forms.
+  """3x3 'SAME' convolution, stride 1 or 2, in one of five equivalent forms.
 
   xla:     lax.conv_general_dilated. Under vmap with per-task kernels it
            becomes a grouped convolution, which XLA's CPU backend runs slowly.
@@ -37,6 +43,8 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   hybrid:  XLA's conv forward and input gradient, im2col kernel gradient.
   shifted: sum over the 9 offsets of (N*H*W x C) @ (C x O); no 9x patch
            buffer, smaller matmuls.
+  winograd: F(2x2, 3x3) (metajax.winograd) for stride 1 with at least
+           WINOGRAD_MIN_CHANNELS input channels, im2col otherwise.
   All give the same numbers (tested to second order in float64); which is
   fastest depends on the backend (`python -m metajax.bench --suite strategies`).
 
@@ -50,10 +58,14 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
     raise ValueError(f"conv stride must be 1 or 2, got {stride!r}")
   if impl == "xla":
     return _xla_conv(x_NxHxWxC, kernel_3x3xCxO, stride)
+  c, o = kernel_3x3xCxO.shape[2:]
+  if impl == "winograd":
+    if stride == 1 and c >= WINOGRAD_MIN_CHANNELS:
+      return winograd.conv3x3(x_NxHxWxC, kernel_3x3xCxO)
+    impl = "im2col"
   if impl == "hybrid":
     out = _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
     return _every_other(out) if stride == 2 else out
-  c, o = kernel_3x3xCxO.shape[2:]
   if impl == "im2col":
     patches_NxHxWx9C = _patches(x_NxHxWxC, stride)
     n, h, w, _ = patches_NxHxWx9C.shape

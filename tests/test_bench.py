@@ -48,7 +48,7 @@ def test_table_ratio_is_metajax_over_peer():
 
 
 def test_auto_resolution_and_bad_chunk():
-  assert resolve("auto", None, "auto", 32, backend="cpu") == ("scan", 1, "im2col")
+  assert resolve("auto", None, "auto", 32, backend="cpu") == ("scan", 1, "winograd")
   assert resolve("auto", None, "auto", 32, backend="gpu") == ("vmap", None, "xla")
   with pytest.raises(ValueError, match="chunk 5 .* 32"):
     resolve("scan", 5, "xla", 32)

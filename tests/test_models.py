@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from metajax.algorithms import Algorithm, meta_gradient
-from metajax.models import (CONV_IMPLS, ConvBlock, Conv4, batch_norm, bn_relu_pool, conv3x3,
-                            max_pool2x2)
+from metajax import winograd
+from metajax.models import (CONV_IMPLS, WINOGRAD_MIN_CHANNELS, ConvBlock, Conv4, batch_norm,
+                            bn_relu_pool, conv3x3, max_pool2x2)
 from metajax.tasks.fewshot import Problem, synthetic_tasks
 
 
@@ -119,7 +120,8 @@ def test_second_order_meta_gradient_same_for_every_conv_form_and_batching():
         Algorithm(name="maml", steps=2, inner_lr=0.3, **batching), probs[impl].loss_fn,
         m, t))(mp, tasks)
     ref = grad("xla")
-    assert CONV_IMPLS == ("xla", "im2col", "shifted", "hybrid")
+    # "winograd" here is im2col (4 channels); test_winograd_meta_gradient_* has it.
+    assert CONV_IMPLS == ("xla", "im2col", "shifted", "hybrid", "winograd")
     # Each remat mode too (what the backward pass keeps of an inner step).
     for impl, batching, chunk, remat in (("im2col", "vmap", 1, "dots"),
                                          ("shifted", "unroll", 2, "off"),
@@ -127,6 +129,79 @@ def test_second_order_meta_gradient_same_for_every_conv_form_and_batching():
       got = grad(impl, batching=batching, task_chunk=chunk, remat=remat)
       chex.assert_trees_all_close(got, ref, rtol=1e-9, atol=1e-12,
                                   custom_message=f"{impl}/{batching}/{chunk}/{remat}")
+
+
+def test_winograd_conv_matches_direct_loops_for_even_and_odd_sizes():
+  # Winograd's form itself, for any channel count (conv3x3 uses it from 16).
+  with jax.enable_x64(True):
+    for hw in ((1, 1), (2, 3), (5, 6), (7, 7), (8, 4)):
+      x = jax.random.normal(jax.random.PRNGKey(0), (2,) + hw + (3,), jnp.float64)
+      k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
+      np.testing.assert_allclose(winograd.conv3x3(x, k), _np_conv_same(np.asarray(x), np.asarray(k)),
+                                 rtol=1e-12, atol=1e-12, err_msg=str(hw))
+
+
+def test_winograd_derivatives_match_xla_conv_to_second_order_both_modes():
+  # MAML differentiates the inner gradient again (reverse over reverse); iMAML
+  # takes Hessian-vector products forward over reverse. Both against XLA's conv.
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3), jnp.float64)
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
+    forms = {"xla": lambda x, k: conv3x3(x, k, "xla"), "winograd": winograd.conv3x3}
+    loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k)))
+    adapted = lambda f: lambda x, k: loss(f)(x, k - 0.1 * jax.grad(loss(f), 1)(x, k))
+    second = {n: jax.grad(adapted(f), (0, 1))(x, k) for n, f in forms.items()}
+    hvp = {n: jax.jvp(jax.grad(loss(f), 1), (x, k), (x, jnp.ones_like(k)))[1]
+           for n, f in forms.items()}
+    chex.assert_trees_all_close(second["winograd"], second["xla"], rtol=1e-10, atol=1e-12)
+    chex.assert_trees_all_close(hvp["winograd"], hvp["xla"], rtol=1e-10, atol=1e-12)
+
+
+def test_winograd_float32_error_is_no_larger_than_im2col():
+  # Against a float64 truth (XLA's conv in float64), on the Omniglot 14x14 layer.
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 14, 14, 64))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 64, 64)) / 24.0
+  with jax.enable_x64(True):
+    truth = np.asarray(conv3x3(jnp.asarray(x, jnp.float64), jnp.asarray(k, jnp.float64)))
+  err = lambda y: np.abs(np.asarray(y, np.float64) - truth).max() / np.abs(truth).max()
+  assert err(winograd.conv3x3(x, k)) < 2e-6
+  assert err(winograd.conv3x3(x, k)) <= 1.5 * err(conv3x3(x, k, "im2col"))
+
+
+def test_winograd_impl_is_winograd_only_for_stride_1_and_enough_channels():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, WINOGRAD_MIN_CHANNELS))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, WINOGRAD_MIN_CHANNELS, 4))
+  # Winograd's form is the one with a batched product (batch dims in the dot).
+  winograd_dots = lambda x, k, stride: [
+      e for e in jax.make_jaxpr(lambda x, k: conv3x3(x, k, "winograd", stride))(x, k).jaxpr.eqns
+      if e.primitive.name == "dot_general" and e.params["dimension_numbers"][1][0]]
+  assert winograd_dots(x, k, 1)                      # the batched (16 x) product
+  assert not winograd_dots(x, k, 2)                  # stride 2: im2col
+  assert not winograd_dots(x[..., :3], k[:, :, :3], 1)  # 3 channels: im2col
+  np.testing.assert_array_equal(conv3x3(x[..., :3], k[:, :, :3], "winograd"),
+                                conv3x3(x[..., :3], k[:, :, :3], "im2col"))
+
+
+def test_winograd_meta_gradient_second_order_matches_xla_conv():
+  # 16 filters, so blocks 1-3 (8x8, 4x4, 2x2) take Winograd's form; tasks
+  # vmapped (its batched product gains the task axis) and scanned.
+  with jax.enable_x64(True):
+    shape = (16, 16, 1)
+    probs = {i: Problem(ways=3, filters=WINOGRAD_MIN_CHANNELS, image_shape=shape, conv_impl=i)
+             for i in ("xla", "winograd")}
+    params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          probs["xla"].init_params(jax.random.PRNGKey(3)))
+    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=1,
+                            queries=2, image_shape=shape)
+    tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
+    mp = {"params": params, "inner_lr": None}
+    grad = lambda impl, **batching: jax.jit(lambda m, t: meta_gradient(
+        Algorithm(name="maml", steps=2, inner_lr=0.3, **batching), probs[impl].loss_fn,
+        m, t))(mp, tasks)
+    ref = grad("xla")
+    for batching in ("vmap", "scan"):
+      chex.assert_trees_all_close(grad("winograd", batching=batching), ref, rtol=1e-9,
+                                  atol=1e-12, custom_message=batching)
 
 
 def _kernel_shaped_convs(fn, *args):

@@ -79,17 +79,18 @@ def suite_cells(suite: str, peers: bool):
   elif suite == "strategies":
     # The literal vmap over tasks (grouped convolutions on CPU) took 121 s per
     # step in the peer baselines; it is in the suite only off-CPU.
-    choices = [("scan", 1, "im2col"), ("scan", 1, "hybrid"), ("scan", 1, "xla"),
-               ("scan", 4, "im2col"), ("unroll", 1, "im2col")]
+    choices = [("scan", 1, "winograd"), ("scan", 1, "im2col"), ("scan", 1, "hybrid"),
+               ("scan", 1, "xla"), ("scan", 4, "winograd"), ("unroll", 1, "winograd")]
     if _jax_backend() != "cpu":
-      choices += [("vmap", None, "xla"), ("vmap", None, "im2col")]
+      choices += [("vmap", None, "xla"), ("vmap", None, "im2col"), ("vmap", None, "winograd")]
     for batching, chunk, conv in choices:
       cells.append({"impl": "metajax", "preset": "omni_5w1s", "algo": "maml",
                     "batching": batching, "chunk": chunk, "conv": conv})
     # MAML's Omniglot training episodes (1 query image per class): small tasks.
     for batching, chunk in (("scan", 1), ("scan", 8), ("vmap", None)):
-      cells.append({"impl": "metajax", "preset": "omni_5w1s_train", "algo": "maml",
-                    "batching": batching, "chunk": chunk, "conv": "im2col"})
+      for conv in ("winograd", "im2col"):
+        cells.append({"impl": "metajax", "preset": "omni_5w1s_train", "algo": "maml",
+                      "batching": batching, "chunk": chunk, "conv": conv})
   else:
     raise SystemExit(f"unknown suite {suite!r}; choose paper, peers, steps, anil or "
                      "strategies")

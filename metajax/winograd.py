@@ -1,0 +1,66 @@
+"""Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, 2016) for conv-4's
+3x3 'SAME' convolutions.
+
+Each 4x4 input tile d (stride 2) gives a 2x2 output tile Aᵀ[(G k Gᵀ) ⊙ (Bᵀ d B)]A:
+a layer becomes 16 products (tiles x C) @ (C x O), 2.25x fewer multiplications
+than im2col's (N*H*W x 9C) @ (9C x O), and no 9x patch buffer. It is linear in
+the input and in the kernel and made of slices, adds and one batched matmul,
+so autodiff gives its gradients and the second derivatives of MAML with the
+same structure. Exact in exact arithmetic; float32 errors of im2col's size
+(tests/test_winograd.py). Where it is faster: docs/RESULTS.md ("Winograd").
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# G (4x3): the kernel transform. Bᵀ and Aᵀ are written out in _b_t and _a_t.
+G_4x3 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def _b_t(x, axis):
+  """Bᵀ along `axis` (size 2T + 2): the rows x[2i + k], k = 0..3, of T tiles
+  at stride 2, as (x0 - x2, x1 + x2, x2 - x1, x1 - x3) on a new leading axis.
+
+  The rows come from a reshape into pairs, lax.split and unit-stride slices,
+  and the four results are stacked: autodiff's adjoints are then a concatenate
+  and fusible pads. Strided slices, or indexing a stacked result, make a
+  full-size pad per term, which ran ~8x slower on XLA's CPU backend.
+  """
+  t = x.shape[axis] // 2 - 1
+  pairs = x.reshape(x.shape[:axis] + (t + 1, 2) + x.shape[axis + 1:])
+  even, odd = (jnp.squeeze(p, axis + 1) for p in jax.lax.split(pairs, (1, 1), axis=axis + 1))
+  lo = lambda a: jax.lax.slice_in_dim(a, 0, t, axis=axis)
+  hi = lambda a: jax.lax.slice_in_dim(a, 1, t + 1, axis=axis)
+  x0, x1, x2, x3 = lo(even), lo(odd), hi(even), hi(odd)
+  return jnp.stack((x0 - x2, x1 + x2, x2 - x1, x1 - x3))
+
+
+def _a_t(m):
+  """Aᵀ on leading axis 0 (size 4) -> the 2 output rows (m0 + m1 + m2,
+  m1 - m2 - m3). lax.split, not indexing, for the same reason as in _b_t."""
+  m0, m1, m2, m3 = (jnp.squeeze(p, 0) for p in jax.lax.split(m, (1, 1, 1, 1), axis=0))
+  return m0 + m1 + m2, m1 - m2 - m3
+
+
+def conv3x3(x_NxHxWxC, kernel_3x3xCxO):
+  """3x3 'SAME' convolution of stride 1, (N, H, W, C) -> (N, H, W, O), any H, W.
+
+  Odd sizes are padded to whole tiles and the extra outputs dropped.
+  """
+  n, h, w, c = x_NxHxWxC.shape
+  o = kernel_3x3xCxO.shape[-1]
+  th, tw = (h + 1) // 2, (w + 1) // 2                     # tiles per column / row
+  xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
+  v = _b_t(_b_t(xp, 1), 3)                                # (4 [col], 4 [row], N, th, tw, C)
+  g_4x3 = jnp.asarray(G_4x3, kernel_3x3xCxO.dtype)
+  # Exact on every backend (TPU matmuls would otherwise round the kernel to bfloat16).
+  u_16xCxO = jnp.einsum("ai,bj,ijco->baco", g_4x3, g_4x3, kernel_3x3xCxO,
+                        precision=jax.lax.Precision.HIGHEST).reshape(16, c, o)
+  m = jax.lax.dot_general(v.reshape(16, n * th * tw, c), u_16xCxO,
+                          (((2,), (1,)), ((0,), (0,))))
+  cols = _a_t(m.reshape(4, 4, n, th, tw, o))              # 2 [col] x (4 [row], N, th, tw, O)
+  rows = [_a_t(col) for col in cols]                      # [col][row] (N, th, tw, O)
+  y = jnp.stack([jnp.stack((rows[0][r], rows[1][r]), axis=3) for r in range(2)], axis=2)
+  return y.reshape(n, 2 * th, 2 * tw, o)[:, :h, :w]     # (N, th, 2, tw, 2, O) interleaved
