@@ -25,11 +25,14 @@ class MLP(nn.Module):
 
 # ------------------------------------------------------------------ conv-4
 CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid", "winograd")
-# "winograd" takes Winograd's form only where it paid in a whole CPU meta-step:
-# stride 1 and this many input channels or more. With conv-4's first layer (1 or
-# 3 channels) in it too, the Omniglot and mini-ImageNet 5w1s steps were slower
-# than im2col's, not faster (docs/RESULTS.md, "Winograd").
+# "winograd" takes Winograd's form only where it paid in whole CPU meta-steps
+# (docs/RESULTS.md, "Winograd F(2x2, 3x3) convolutions"): stride 1, this many
+# input channels or more (with conv-4's first layer, of 1 or 3 channels, in it
+# too the 5w1s steps were slower than im2col's), and at least this many output
+# positions N*H*W (MAML's Omniglot training tasks, 5 images of 14x14 per set,
+# and iMAML's inner loop on 5 support images were 10-25% slower in it).
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_POSITIONS = 2000
 BN_MODES = ("transductive", "per_step", "none")
 
 
@@ -44,7 +47,10 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   shifted: sum over the 9 offsets of (N*H*W x C) @ (C x O); no 9x patch
            buffer, smaller matmuls.
   winograd: F(2x2, 3x3) (metajax.winograd) for stride 1 with at least
-           WINOGRAD_MIN_CHANNELS input channels, im2col otherwise.
+           WINOGRAD_MIN_CHANNELS input channels and WINOGRAD_MIN_POSITIONS
+           output positions, in float32/float64; im2col otherwise (so always
+           im2col in MAML's stride-2 Omniglot model; in 16-bit types its
+           transforms would round where im2col does not).
   All give the same numbers (tested to second order in float64); which is
   fastest depends on the backend (`python -m metajax.bench --suite strategies`).
 
@@ -60,7 +66,9 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
     return _xla_conv(x_NxHxWxC, kernel_3x3xCxO, stride)
   c, o = kernel_3x3xCxO.shape[2:]
   if impl == "winograd":
-    if stride == 1 and c >= WINOGRAD_MIN_CHANNELS:
+    n, h, w, _ = x_NxHxWxC.shape
+    if (stride == 1 and c >= WINOGRAD_MIN_CHANNELS and n * h * w >= WINOGRAD_MIN_POSITIONS
+        and jnp.dtype(x_NxHxWxC.dtype).itemsize >= 4):
       return winograd.conv3x3(x_NxHxWxC, kernel_3x3xCxO)
     impl = "im2col"
   if impl == "hybrid":

@@ -6,8 +6,9 @@ a layer becomes 16 products (tiles x C) @ (C x O), 2.25x fewer multiplications
 than im2col's (N*H*W x 9C) @ (9C x O), and no 9x patch buffer. It is linear in
 the input and in the kernel and made of slices, adds and one batched matmul,
 so autodiff gives its gradients and the second derivatives of MAML with the
-same structure. Exact in exact arithmetic; float32 errors of im2col's size
-(tests/test_winograd.py). Where it is faster: docs/RESULTS.md ("Winograd").
+same structure. Exact in exact arithmetic; in float32 its error against a
+float64 truth is no larger than im2col's (tests/test_models.py). Where it is
+faster: docs/RESULTS.md ("Winograd F(2x2, 3x3) convolutions").
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _b_t(x, axis):
   The rows come from a reshape into pairs, lax.split and unit-stride slices,
   and the four results are stacked: autodiff's adjoints are then a concatenate
   and fusible pads. Strided slices, or indexing a stacked result, make a
-  full-size pad per term, which ran ~8x slower on XLA's CPU backend.
+  full-size pad per term, which ran 7-10x slower on XLA's CPU backend
+  (docs/RESULTS.md).
   """
   t = x.shape[axis] // 2 - 1
   pairs = x.reshape(x.shape[:axis] + (t + 1, 2) + x.shape[axis + 1:])
@@ -51,16 +53,18 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO):
   """
   n, h, w, c = x_NxHxWxC.shape
   o = kernel_3x3xCxO.shape[-1]
-  th, tw = (h + 1) // 2, (w + 1) // 2                     # tiles per column / row
+  th, tw = (h + 1) // 2, (w + 1) // 2                     # tiles along H / W
   xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
-  v = _b_t(_b_t(xp, 1), 3)                                # (4 [col], 4 [row], N, th, tw, C)
+  v = _b_t(_b_t(xp, 1), 3)                      # (4 [W offset], 4 [H offset], N, th, tw, C)
   g_4x3 = jnp.asarray(G_4x3, kernel_3x3xCxO.dtype)
-  # Exact on every backend (TPU matmuls would otherwise round the kernel to bfloat16).
+  # G k Gᵀ with the W offset first, as in v. HIGHEST: TPU matmuls would round the
+  # kernel to bfloat16 here (the product below runs at the backend's default
+  # precision, as im2col's does).
   u_16xCxO = jnp.einsum("ai,bj,ijco->baco", g_4x3, g_4x3, kernel_3x3xCxO,
                         precision=jax.lax.Precision.HIGHEST).reshape(16, c, o)
   m = jax.lax.dot_general(v.reshape(16, n * th * tw, c), u_16xCxO,
                           (((2,), (1,)), ((0,), (0,))))
-  cols = _a_t(m.reshape(4, 4, n, th, tw, o))              # 2 [col] x (4 [row], N, th, tw, O)
-  rows = [_a_t(col) for col in cols]                      # [col][row] (N, th, tw, O)
+  cols = _a_t(m.reshape(4, 4, n, th, tw, o))              # 2 [W offset] x (4, N, th, tw, O)
+  rows = [_a_t(col) for col in cols]                      # [W offset][H offset] (N, th, tw, O)
   y = jnp.stack([jnp.stack((rows[0][r], rows[1][r]), axis=3) for r in range(2)], axis=2)
   return y.reshape(n, 2 * th, 2 * tw, o)[:, :h, :w]     # (N, th, 2, tw, 2, O) interleaved

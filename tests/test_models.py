@@ -9,8 +9,9 @@ import pytest
 
 from metajax.algorithms import Algorithm, meta_gradient
 from metajax import winograd
-from metajax.models import (CONV_IMPLS, WINOGRAD_MIN_CHANNELS, ConvBlock, Conv4, batch_norm,
-                            bn_relu_pool, conv3x3, max_pool2x2)
+from metajax import models
+from metajax.models import (CONV_IMPLS, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_POSITIONS, ConvBlock,
+                            Conv4, batch_norm, bn_relu_pool, conv3x3, max_pool2x2)
 from metajax.tasks.fewshot import Problem, synthetic_tasks
 
 
@@ -27,6 +28,7 @@ def _np_conv_same(x, k):
 
 @pytest.mark.parametrize("impl", CONV_IMPLS)
 def test_conv_matches_direct_loops(impl):
+  # 3 channels: "winograd" is im2col here; Winograd's own form: test_winograd_*.
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3), jnp.float64)
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
@@ -137,7 +139,8 @@ def test_winograd_conv_matches_direct_loops_for_even_and_odd_sizes():
     for hw in ((1, 1), (2, 3), (5, 6), (7, 7), (8, 4)):
       x = jax.random.normal(jax.random.PRNGKey(0), (2,) + hw + (3,), jnp.float64)
       k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
-      np.testing.assert_allclose(winograd.conv3x3(x, k), _np_conv_same(np.asarray(x), np.asarray(k)),
+      np.testing.assert_allclose(winograd.conv3x3(x, k),
+                                 _np_conv_same(np.asarray(x), np.asarray(k)),
                                  rtol=1e-12, atol=1e-12, err_msg=str(hw))
 
 
@@ -159,32 +162,45 @@ def test_winograd_derivatives_match_xla_conv_to_second_order_both_modes():
 
 def test_winograd_float32_error_is_no_larger_than_im2col():
   # Against a float64 truth (XLA's conv in float64), on the Omniglot 14x14 layer.
+  # (Measured: 3.6e-7 against im2col's 7.8e-7; the bounds leave room for
+  # other CPUs' summation orders.)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 14, 14, 64))
   k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 64, 64)) / 24.0
   with jax.enable_x64(True):
     truth = np.asarray(conv3x3(jnp.asarray(x, jnp.float64), jnp.asarray(k, jnp.float64)))
   err = lambda y: np.abs(np.asarray(y, np.float64) - truth).max() / np.abs(truth).max()
-  assert err(winograd.conv3x3(x, k)) < 2e-6
-  assert err(winograd.conv3x3(x, k)) <= 1.5 * err(conv3x3(x, k, "im2col"))
+  assert err(winograd.conv3x3(x, k)) < 5e-6
+  assert err(winograd.conv3x3(x, k)) <= 3 * err(conv3x3(x, k, "im2col"))
 
 
-def test_winograd_impl_is_winograd_only_for_stride_1_and_enough_channels():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, WINOGRAD_MIN_CHANNELS))
-  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, WINOGRAD_MIN_CHANNELS, 4))
-  # Winograd's form is the one with a batched product (batch dims in the dot).
-  winograd_dots = lambda x, k, stride: [
-      e for e in jax.make_jaxpr(lambda x, k: conv3x3(x, k, "winograd", stride))(x, k).jaxpr.eqns
-      if e.primitive.name == "dot_general" and e.params["dimension_numbers"][1][0]]
-  assert winograd_dots(x, k, 1)                      # the batched (16 x) product
-  assert not winograd_dots(x, k, 2)                  # stride 2: im2col
-  assert not winograd_dots(x[..., :3], k[:, :, :3], 1)  # 3 channels: im2col
-  np.testing.assert_array_equal(conv3x3(x[..., :3], k[:, :, :3], "winograd"),
-                                conv3x3(x[..., :3], k[:, :, :3], "im2col"))
+def _count_winograd_calls(monkeypatch):
+  calls = []
+  real = winograd.conv3x3
+  monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(1) or real(*a))
+  return calls
 
 
-def test_winograd_meta_gradient_second_order_matches_xla_conv():
-  # 16 filters, so blocks 1-3 (8x8, 4x4, 2x2) take Winograd's form; tasks
-  # vmapped (its batched product gains the task axis) and scanned.
+def test_winograd_impl_is_winograd_only_for_stride_1_float32_and_enough_channels(monkeypatch):
+  calls = _count_winograd_calls(monkeypatch)
+  c, n = WINOGRAD_MIN_CHANNELS, -(-WINOGRAD_MIN_POSITIONS // 64)  # 8x8 images
+  x = jax.random.normal(jax.random.PRNGKey(0), (n, 8, 8, c))
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, c, 4))
+  used = lambda *a, stride=1: (calls.clear(), conv3x3(*a, "winograd", stride), len(calls))[2]
+  assert used(x, k) == 1
+  assert used(x, k, stride=2) == 0                                  # stride 2: im2col
+  assert used(x[..., :c - 1], k[:, :, :c - 1]) == 0                 # too few channels
+  assert used(x[:n - 1], k) == 0                                    # too few positions
+  assert used(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)) == 0  # 16-bit: im2col
+  np.testing.assert_array_equal(conv3x3(x[:2, ..., :3], k[:, :, :3], "winograd"),
+                                conv3x3(x[:2, ..., :3], k[:, :, :3], "im2col"))
+
+
+def test_winograd_meta_gradient_second_order_matches_xla_conv(monkeypatch):
+  # 16 filters and no minimum size, so blocks 1-3 (8x8, 4x4, 2x2) take
+  # Winograd's form; tasks vmapped (its batched product gains the task axis)
+  # and scanned.
+  calls = _count_winograd_calls(monkeypatch)
+  monkeypatch.setattr(models, "WINOGRAD_MIN_POSITIONS", 0)
   with jax.enable_x64(True):
     shape = (16, 16, 1)
     probs = {i: Problem(ways=3, filters=WINOGRAD_MIN_CHANNELS, image_shape=shape, conv_impl=i)
@@ -200,8 +216,10 @@ def test_winograd_meta_gradient_second_order_matches_xla_conv():
         m, t))(mp, tasks)
     ref = grad("xla")
     for batching in ("vmap", "scan"):
+      calls.clear()
       chex.assert_trees_all_close(grad("winograd", batching=batching), ref, rtol=1e-9,
                                   atol=1e-12, custom_message=batching)
+      assert calls, batching
 
 
 def _kernel_shaped_convs(fn, *args):

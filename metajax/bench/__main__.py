@@ -80,7 +80,7 @@ def suite_cells(suite: str, peers: bool):
     # The literal vmap over tasks (grouped convolutions on CPU) took 121 s per
     # step in the peer baselines; it is in the suite only off-CPU.
     choices = [("scan", 1, "winograd"), ("scan", 1, "im2col"), ("scan", 1, "hybrid"),
-               ("scan", 1, "xla"), ("scan", 4, "winograd"), ("unroll", 1, "winograd")]
+               ("scan", 1, "xla"), ("scan", 4, "im2col"), ("unroll", 1, "im2col")]
     if _jax_backend() != "cpu":
       choices += [("vmap", None, "xla"), ("vmap", None, "im2col"), ("vmap", None, "winograd")]
     for batching, chunk, conv in choices:
