@@ -29,8 +29,8 @@ CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid", "winograd")
 # (docs/RESULTS.md, "Winograd F(2x2, 3x3) convolutions"): stride 1, this many
 # input channels or more (with conv-4's first layer, of 1 or 3 channels, in it
 # too the 5w1s steps were slower than im2col's), and at least this many output
-# positions N*H*W (MAML's Omniglot training tasks, 5 images of 14x14 per set,
-# and iMAML's inner loop on 5 support images were 10-25% slower in it).
+# positions N*H*W of one task (MAML's Omniglot training tasks, 5 images of
+# 14x14 per set, and iMAML on 5 support images were 11-26% slower in it).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_POSITIONS = 2000
 BN_MODES = ("transductive", "per_step", "none")
