@@ -61,16 +61,32 @@ def test_stride2_conv_matches_tensorflow_same_padding(impl):
                                  rtol=1e-12, atol=1e-12)
 
 
+def _float64_maml_gradient(impls, shape, *, meta_batch, shots, queries, **problem):
+  """(grad, params): grad(impl, **batching) is the second-order MAML
+  meta-gradient (2 inner steps) of a 3-way conv-4 with that conv form, in
+  float64, at the same float64 params and synthetic tasks for every form.
+  Call it inside jax.enable_x64."""
+  probs = {i: Problem(ways=3, image_shape=shape, conv_impl=i, **problem) for i in impls}
+  params = jax.tree.map(lambda a: a.astype(jnp.float64),
+                        probs["xla"].init_params(jax.random.PRNGKey(3)))
+  tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=meta_batch, ways=3, shots=shots,
+                          queries=queries, image_shape=shape)
+  tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
+  mp = {"params": params, "inner_lr": None}
+  grad = lambda impl, **batching: jax.jit(lambda m, t: meta_gradient(
+      Algorithm(name="maml", steps=2, inner_lr=0.3, **batching), probs[impl].loss_fn,
+      m, t))(mp, tasks)
+  return grad, params
+
+
 def test_strided_conv4_features_and_second_order_gradient_for_every_conv_form():
   # MAML's Omniglot model (here 20 -> 10 -> 5 -> 3 -> 2, even and odd sizes),
   # features averaged over the last block's 2 x 2 positions; the second-order
   # meta-gradient of every conv form against XLA's own strided convolution.
   with jax.enable_x64(True):
     shape = (20, 20, 1)
-    probs = {i: Problem(ways=3, filters=3, image_shape=shape, conv_impl=i,
-                        downsample="stride") for i in CONV_IMPLS}
-    params = jax.tree.map(lambda a: a.astype(jnp.float64),
-                          probs["xla"].init_params(jax.random.PRNGKey(3)))
+    grad, params = _float64_maml_gradient(CONV_IMPLS, shape, meta_batch=2, shots=1, queries=2,
+                                          filters=3, downsample="stride")
     assert params["head"]["kernel"].shape == (3, 3)  # filters features, not 2*2*filters
     # The features: the blocks applied one by one, then the mean of the 2 x 2 map.
     x = jax.random.uniform(jax.random.PRNGKey(5), (4,) + shape, jnp.float64)
@@ -81,12 +97,6 @@ def test_strided_conv4_features_and_second_order_gradient_for_every_conv_form():
     embed = Problem(ways=3, filters=3, image_shape=shape, downsample="stride", head=False)
     np.testing.assert_allclose(embed.embed({k: v for k, v in params.items() if k != "head"}, x),
                                h.mean(axis=(1, 2)), rtol=1e-12)
-    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=1,
-                            queries=2, image_shape=shape)
-    tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
-    grad = lambda impl: jax.jit(lambda m, t: meta_gradient(
-        Algorithm(name="maml", steps=2, inner_lr=0.3), probs[impl].loss_fn, m, t))(
-            {"params": params, "inner_lr": None}, tasks)
     ref = grad("xla")
     for impl in CONV_IMPLS[1:]:
       chex.assert_trees_all_close(grad(impl), ref, rtol=1e-9, atol=1e-12,
@@ -109,18 +119,8 @@ def test_second_order_meta_gradient_same_for_every_conv_form_and_batching():
   # conv form under another way of batching the tasks (metajax.batching), so
   # every form and every strategy is checked once; float64, 2 inner steps.
   with jax.enable_x64(True):
-    shape = (16, 16, 2)
-    probs = {i: Problem(ways=3, filters=4, image_shape=shape, conv_impl=i)
-             for i in CONV_IMPLS}
-    params = jax.tree.map(lambda a: a.astype(jnp.float64),
-                          probs["xla"].init_params(jax.random.PRNGKey(3)))
-    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=4, ways=3, shots=2,
-                            queries=3, image_shape=shape)
-    tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
-    mp = {"params": params, "inner_lr": None}
-    grad = lambda impl, **batching: jax.jit(lambda m, t: meta_gradient(
-        Algorithm(name="maml", steps=2, inner_lr=0.3, **batching), probs[impl].loss_fn,
-        m, t))(mp, tasks)
+    grad, _ = _float64_maml_gradient(CONV_IMPLS, (16, 16, 2), meta_batch=4, shots=2, queries=3,
+                                     filters=4)
     ref = grad("xla")
     # "winograd" here is im2col (4 channels); test_winograd_meta_gradient_* has it.
     assert CONV_IMPLS == ("xla", "im2col", "shifted", "hybrid", "winograd")
@@ -202,18 +202,8 @@ def test_winograd_meta_gradient_second_order_matches_xla_conv(monkeypatch):
   calls = _count_winograd_calls(monkeypatch)
   monkeypatch.setattr(models, "WINOGRAD_MIN_POSITIONS", 0)
   with jax.enable_x64(True):
-    shape = (16, 16, 1)
-    probs = {i: Problem(ways=3, filters=WINOGRAD_MIN_CHANNELS, image_shape=shape, conv_impl=i)
-             for i in ("xla", "winograd")}
-    params = jax.tree.map(lambda a: a.astype(jnp.float64),
-                          probs["xla"].init_params(jax.random.PRNGKey(3)))
-    tasks = synthetic_tasks(jax.random.PRNGKey(4), meta_batch=2, ways=3, shots=1,
-                            queries=2, image_shape=shape)
-    tasks = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tasks)
-    mp = {"params": params, "inner_lr": None}
-    grad = lambda impl, **batching: jax.jit(lambda m, t: meta_gradient(
-        Algorithm(name="maml", steps=2, inner_lr=0.3, **batching), probs[impl].loss_fn,
-        m, t))(mp, tasks)
+    grad, _ = _float64_maml_gradient(("xla", "winograd"), (16, 16, 1), meta_batch=2, shots=1,
+                                     queries=2, filters=WINOGRAD_MIN_CHANNELS)
     ref = grad("xla")
     for batching in ("vmap", "scan"):
       calls.clear()
