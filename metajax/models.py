@@ -202,14 +202,32 @@ def batch_norm(x_NxHxWxC, scale_C, bias_C, eps=1e-5):
 
 
 def _moments(x_NxHxWxC):
-  """Per-channel mean and (biased) variance over batch and positions."""
+  """Per-channel mean and (biased) variance over batch and positions.
+
+  The variance is written as mean((x - c)^2) - (mean - c)^2 with c a constant
+  (the mean, its gradient stopped). That is the variance for any constant c,
+  so every derivative is exact; its value here is the two-pass formula's
+  (mean - c is exactly 0). Why: autodiff of mean((x - mean)^2) sums the
+  full-resolution cotangent of (x - mean) for the mean's path (a reduction of
+  a quantity that is 0 in exact arithmetic); with c constant, x's gradient is
+  elementwise and fuses with the pool's (docs/RESULTS.md, "Conv bias after
+  the pool, and a shifted variance").
+  """
   mean_C = jnp.mean(x_NxHxWxC, axis=(0, 1, 2))
-  return mean_C, jnp.mean(jnp.square(x_NxHxWxC - mean_C), axis=(0, 1, 2))
+  c_C = jax.lax.stop_gradient(mean_C)
+  var_C = jnp.mean(jnp.square(x_NxHxWxC - c_C), axis=(0, 1, 2)) - jnp.square(mean_C - c_C)
+  return mean_C, var_C
 
 
-def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5):
-  """max_pool2x2(relu(batch_norm(x))), or max_pool2x2(relu(x)) without BN,
-  with the pool taken first: (N, H, W, C) -> (N, H//2, W//2, C).
+def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None):
+  """max_pool2x2(relu(batch_norm(x + bias))), or max_pool2x2(relu(x + bias))
+  without BN, with the pool taken first: (N, H, W, C) -> (N, H//2, W//2, C).
+
+  bias_C (optional, a conv's bias) is added after the pool: max(x + b) =
+  max(x) + b, and batch norm's statistics shift with it, so under BN it
+  cancels ((max + b) - (mean + b), written out so that the parameter stays in
+  the graph with its exact gradient, zero). Adding it before would be one more
+  full-resolution pass forward and a full-resolution sum backward.
 
   BN (statistics of the whole full-resolution x) is a per-channel affine map
   and ReLU is monotone, so both commute with a 2x2 max: where a channel's
@@ -223,13 +241,16 @@ def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5):
   the three benchmark configs, the same time or a little less).
   """
   if scale_C is None:
-    return nn.relu(max_pool2x2(x_NxHxWxC))
+    pooled = max_pool2x2(x_NxHxWxC)
+    return nn.relu(pooled if bias_C is None else pooled + bias_C)
   mean_C, var_C = _moments(x_NxHxWxC)
   factor_C = jax.lax.rsqrt(var_C + eps) * scale_C
   # +1 or -1 per channel: which extreme of each window the affine map sends
   # to the max. A constant of the program, not a function to differentiate.
   sign_C = jax.lax.stop_gradient(jnp.where(factor_C >= 0, 1, -1).astype(x_NxHxWxC.dtype))
   extreme = max_pool2x2(x_NxHxWxC * sign_C) * sign_C
+  if bias_C is not None:
+    extreme, mean_C = extreme + bias_C, mean_C + bias_C
   return nn.relu((extreme - mean_C) * factor_C + shift_C)
 
 
@@ -254,7 +275,7 @@ class ConvBlock(nn.Module):
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
     stride = 2 if self.downsample == "stride" else 1
-    h = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride) + bias
+    h = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride)
     scale_C = shift_C = None
     if self.bn != "none":
       sets = self.bn_steps if self.bn == "per_step" else 1
@@ -271,7 +292,8 @@ class ConvBlock(nn.Module):
       else:
         scale_C, shift_C = scale[0], shift[0]
     if stride == 1:
-      return bn_relu_pool(h, scale_C, shift_C)
+      return bn_relu_pool(h, scale_C, shift_C, bias_C=bias)
+    h = h + bias
     return nn.relu(h if scale_C is None else batch_norm(h, scale_C, shift_C))
 
 

@@ -313,11 +313,13 @@ def test_hand_written_backward_passes_match_autodiff_to_second_order():
 
 
 class BnReluPoolTest(chex.TestCase):
-  """bn_relu_pool takes the 2x2 max before batch norm and ReLU; the paper's
-  order (BN, ReLU, then pool) written with reduce_window is the reference."""
+  """bn_relu_pool takes the 2x2 max before batch norm and ReLU, and adds a
+  conv's bias after the pool; the paper's order (bias, BN, ReLU, then pool)
+  written with reduce_window is the reference."""
 
   @staticmethod
-  def _reference(x, scale, shift):
+  def _reference(x, scale, shift, bias):
+    x = x + bias
     return _pool_ref(jnp.maximum(x if scale is None else _bn_ref(x, scale, shift), 0))
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -328,27 +330,51 @@ class BnReluPoolTest(chex.TestCase):
       x = jax.random.normal(jax.random.PRNGKey(11), (3, 7, 5, 4), jnp.float64)
       scale = jnp.array([0.8, -1.3, 2.0, -0.4], jnp.float64)
       shift = jnp.array([0.1, 0.3, -0.2, 0.0], jnp.float64)
+      bias = jnp.array([0.5, -0.7, 0.2, 1.1], jnp.float64)
       weights = jnp.cos(jnp.arange(3 * 3 * 2 * 4.0)).reshape(3, 3, 2, 4)
+      ours_fn = lambda x, s, t, b: bn_relu_pool(x, s, t, bias_C=b)
       for bn in (True, False):
-        def loss(fn, x, scale, shift):
-          out = fn(x, scale, shift) if bn else fn(x, None, None)
+        def loss(fn, x, scale, shift, bias):
+          out = fn(x, scale, shift, bias) if bn else fn(x, None, None, bias)
           return jnp.sum(jnp.sin(out) * weights)
-        ours = self.variant(lambda *a: jax.grad(loss, argnums=(1, 2, 3))(bn_relu_pool, *a))
-        ref = jax.grad(loss, argnums=(1, 2, 3))
+        grad = jax.grad(loss, argnums=(1, 2, 3, 4))
+        ours = self.variant(lambda *a: grad(ours_fn, *a))
         bn_args = (scale, shift) if bn else (None, None)
-        chex.assert_trees_all_close(bn_relu_pool(x, *bn_args), self._reference(x, *bn_args),
+        chex.assert_trees_all_close(ours_fn(x, *bn_args, bias), self._reference(x, *bn_args, bias),
                                     rtol=1e-12)
-        chex.assert_trees_all_close(ours(x, scale, shift), ref(self._reference, x, scale, shift),
-                                    rtol=1e-10, atol=1e-12)
+        g_ours, g_ref = ours(x, scale, shift, bias), grad(self._reference, x, scale, shift, bias)
+        chex.assert_trees_all_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+        # Under BN the bias cancels: its gradient is zero; without, it is not.
+        assert (np.max(np.abs(g_ref[3])) < 1e-12) == bn
         # Second order, as MAML differentiates the inner gradient again.
         second = lambda fn: jax.grad(
-            lambda x, s: jnp.sum(jax.grad(loss, argnums=1)(fn, x, s, shift) ** 2),
-            argnums=(0, 1))(x, scale)
+            lambda x, s, b: jnp.sum(jax.grad(loss, argnums=(1, 4))(fn, x, s, shift, b)[0] ** 2),
+            argnums=(0, 1, 2))(x, scale, bias)
         second_ref = second(self._reference)
-        chex.assert_trees_all_close(self.variant(lambda: second(bn_relu_pool))(), second_ref,
+        chex.assert_trees_all_close(self.variant(lambda: second(ours_fn))(), second_ref,
                                     rtol=1e-9, atol=1e-12)
         # Not vacuous: a pool keeps 1 of 4 elements and ReLU about half of those.
         assert np.count_nonzero(second_ref[0]) > x.size // 16
+
+  def test_shifted_variance_is_the_variance_to_second_order(self):
+    # _moments' variance against numpy's two-pass variance, and its first and
+    # second derivatives against the closed forms 2(x - m)/n and
+    # (2/n)(I - 11^T/n) (one channel, float64); an offset of 1e3 checks that
+    # the value keeps the two-pass formula's accuracy in float32.
+    from metajax.models import _moments
+    with jax.enable_x64(True):
+      x = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 2, 1), jnp.float64)
+      n = x.size
+      mean, var = _moments(x)
+      np.testing.assert_allclose(mean, [np.mean(x)], rtol=1e-14)
+      np.testing.assert_allclose(var, [np.var(x)], rtol=1e-14)
+      v = lambda x: _moments(x)[1][0]
+      np.testing.assert_allclose(jax.grad(v)(x), 2 * (x - np.mean(x)) / n, rtol=1e-12, atol=1e-15)
+      hess = jax.hessian(v)(x).reshape(n, n)
+      np.testing.assert_allclose(hess, 2 / n * (np.eye(n) - np.ones((n, n)) / n), atol=1e-14)
+    x32 = np.float32(1e3) + np.asarray(jax.random.normal(jax.random.PRNGKey(4), (64, 5, 5, 2)), np.float32)
+    np.testing.assert_allclose(_moments(jnp.asarray(x32))[1], np.var(x32.astype(np.float64), axis=(0, 1, 2)),
+                               rtol=1e-4)
 
 
 def test_config_model_and_inner_loop_record_follow_the_config_keys():
