@@ -223,11 +223,12 @@ def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None):
   """max_pool2x2(relu(batch_norm(x + bias))), or max_pool2x2(relu(x + bias))
   without BN, with the pool taken first: (N, H, W, C) -> (N, H//2, W//2, C).
 
-  bias_C (optional, a conv's bias) is added after the pool: max(x + b) =
-  max(x) + b, and batch norm's statistics shift with it, so under BN it
-  cancels ((max + b) - (mean + b), written out so that the parameter stays in
-  the graph with its exact gradient, zero). Adding it before would be one more
-  full-resolution pass forward and a full-resolution sum backward.
+  bias_C (optional, a conv's bias) is added after the pool:
+  max(x + b) = max(x) + b, and batch norm's statistics shift with it, so under
+  BN it cancels: (max + b) - (mean + b), written out so that the parameter
+  stays in the graph with its exact gradient (zero, up to rounding). Adding it
+  before would be one more full-resolution pass forward and a full-resolution
+  sum backward.
 
   BN (statistics of the whole full-resolution x) is a per-channel affine map
   and ReLU is monotone, so both commute with a 2x2 max: where a channel's
