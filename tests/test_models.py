@@ -144,20 +144,24 @@ def test_winograd_conv_matches_direct_loops_for_even_and_odd_sizes():
                                  rtol=1e-12, atol=1e-12, err_msg=str(hw))
 
 
-def test_winograd_derivatives_match_xla_conv_to_second_order_both_modes():
+def test_winograd_and_few_channel_im2col_derivatives_match_xla_conv_to_second_order():
   # MAML differentiates the inner gradient again (reverse over reverse); iMAML
-  # takes Hessian-vector products forward over reverse. Both against XLA's conv.
+  # takes Hessian-vector products forward over reverse. Both against XLA's conv,
+  # for Winograd's form and for im2col with 3 channels (its patches are built
+  # in two stages below 16 channels, models._patches).
   with jax.enable_x64(True):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3), jnp.float64)
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4), jnp.float64)
-    forms = {"xla": lambda x, k: conv3x3(x, k, "xla"), "winograd": winograd.conv3x3}
+    forms = {"xla": lambda x, k: conv3x3(x, k, "xla"), "winograd": winograd.conv3x3,
+             "im2col": lambda x, k: conv3x3(x, k, "im2col")}
     loss = lambda f: lambda x, k: jnp.sum(jnp.tanh(f(x, k)))
     adapted = lambda f: lambda x, k: loss(f)(x, k - 0.1 * jax.grad(loss(f), 1)(x, k))
     second = {n: jax.grad(adapted(f), (0, 1))(x, k) for n, f in forms.items()}
     hvp = {n: jax.jvp(jax.grad(loss(f), 1), (x, k), (x, jnp.ones_like(k)))[1]
            for n, f in forms.items()}
-    chex.assert_trees_all_close(second["winograd"], second["xla"], rtol=1e-10, atol=1e-12)
-    chex.assert_trees_all_close(hvp["winograd"], hvp["xla"], rtol=1e-10, atol=1e-12)
+    for form in ("winograd", "im2col"):
+      chex.assert_trees_all_close(second[form], second["xla"], rtol=1e-10, atol=1e-12)
+      chex.assert_trees_all_close(hvp[form], hvp["xla"], rtol=1e-10, atol=1e-12)
 
 
 def test_winograd_float32_error_is_no_larger_than_im2col():
