@@ -33,6 +33,9 @@ CONV_IMPLS = ("xla", "im2col", "shifted", "hybrid", "winograd")
 # 14x14 per set, and iMAML on 5 support images were 11-26% slower in it).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_POSITIONS = 2000
+# Below this many input channels im2col's patches are built in two stages
+# (_patches).
+IM2COL_TWO_STAGE_BELOW_CHANNELS = 16
 BN_MODES = ("transductive", "per_step", "none")
 
 
@@ -123,7 +126,7 @@ def _patches(x_NxHxWxC, stride: int = 1):
   concatenate is as fast, with the simpler adjoint (slices).
   """
   n, h, w, c = x_NxHxWxC.shape
-  if stride == 1 and c < 16:
+  if stride == 1 and c < IM2COL_TWO_STAGE_BELOW_CHANNELS:
     xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 1), (1, 1), (0, 0)))
     cols = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(3)], axis=-1)  # (N, H+2, W, 3C)
     return jnp.concatenate([cols[:, i:i + h] for i in range(3)], axis=-1)

@@ -11,7 +11,7 @@ from metajax.algorithms import Algorithm, meta_gradient
 from metajax import winograd
 from metajax import models
 from metajax.models import (CONV_IMPLS, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_POSITIONS, ConvBlock,
-                            Conv4, batch_norm, bn_relu_pool, conv3x3, max_pool2x2)
+                            Conv4, _moments, batch_norm, bn_relu_pool, conv3x3, max_pool2x2)
 from metajax.tasks.fewshot import Problem, synthetic_tasks
 
 
@@ -370,7 +370,6 @@ class BnReluPoolTest(chex.TestCase):
     # second derivatives against the closed forms 2(x - m)/n and
     # (2/n)(I - 11^T/n) (one channel, float64); an offset of 1e3 checks that
     # the value keeps the two-pass formula's accuracy in float32.
-    from metajax.models import _moments
     with jax.enable_x64(True):
       x = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 2, 1), jnp.float64)
       n = x.size
@@ -381,9 +380,10 @@ class BnReluPoolTest(chex.TestCase):
       np.testing.assert_allclose(jax.grad(v)(x), 2 * (x - np.mean(x)) / n, rtol=1e-12, atol=1e-15)
       hess = jax.hessian(v)(x).reshape(n, n)
       np.testing.assert_allclose(hess, 2 / n * (np.eye(n) - np.ones((n, n)) / n), atol=1e-14)
-    x32 = np.float32(1e3) + np.asarray(jax.random.normal(jax.random.PRNGKey(4), (64, 5, 5, 2)), np.float32)
-    np.testing.assert_allclose(_moments(jnp.asarray(x32))[1], np.var(x32.astype(np.float64), axis=(0, 1, 2)),
-                               rtol=1e-4)
+    x32 = np.float32(1e3) + np.asarray(jax.random.normal(jax.random.PRNGKey(4), (64, 5, 5, 2)),
+                                       np.float32)
+    np.testing.assert_allclose(_moments(jnp.asarray(x32))[1],
+                               np.var(x32.astype(np.float64), axis=(0, 1, 2)), rtol=1e-4)
 
 
 def test_config_model_and_inner_loop_record_follow_the_config_keys():
