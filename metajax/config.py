@@ -133,6 +133,8 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
   """Devices, checkpoints and the NaN policy: the same keys for every task."""
   c.num_devices = 0             # devices the meta-batch is split over; 0 = all
+  c.cpu_devices = 0             # on a CPU: split the host into this many JAX devices (set as
+                                # the run starts); 0 = JAX's default (one, or XLA_FLAGS')
   c.param_sharding = "replicated"  # params, rates, optimizer state: or "sharded" over devices
   c.checkpoint_every = checkpoint_every  # meta-steps between checkpoints; 0 = only at the end
   c.keep_checkpoints = 3        # newest checkpoints kept (plus the best-validated one)
@@ -233,7 +235,7 @@ _POSITIVE_INTS = ("task_chunk", "k_shot", "k_query", "inner_steps", "meta_batch"
                   "steps_per_call", "log_every", "eval_tasks", "eval_query", "ways",
                   "filters", "val_tasks", "eval_batch", "keep_checkpoints", "cg_steps")
 _NONNEG_INTS = ("eval_max_steps", "eval_every", "k_shot_train", "inner_batch", "ways_train",
-                "num_devices", "checkpoint_every", "msl_steps", "first_order_steps")
+                "num_devices", "cpu_devices", "checkpoint_every", "msl_steps", "first_order_steps")
 _POSITIVE_FLOATS = ("inner_lr", "outer_lr", "imaml_lam", "outer_adam_eps")
 CHOICES = {"algorithm": ALGORITHMS, "outer_optimizer": OUTER_OPTIMIZERS,
             "outer_lr_schedule": SCHEDULES, "inner_optimizer": ("sgd", "adam"),

@@ -250,6 +250,7 @@ def main(argv=None):
     config_path, workdir, overrides, launch = parse_args(argv)
     new_workdir = not os.path.exists(workdir)
     config = load_config(config_path, overrides)
+    sharding.set_cpu_devices(config.get("cpu_devices", 0))
     if launch is not None:
       initialize_distributed(launch)
     result = train_and_evaluate(config, workdir)

@@ -1,6 +1,7 @@
 """The benchmark harness (tiny cells; speed itself is never asserted)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,6 +38,10 @@ def test_table_ratio_is_metajax_over_peer():
   for remat, shown in (("dots", "dots"), (True, "full"), (False, "off")):
     rows = [dict(row, impl="metajax", remat=remat), dict(row, impl="torch-loop", median_s=4.0)]
     assert f"| {shown} | " in table(rows).splitlines()[2] and "| 0.25 |" in table(rows)
+  # A cell on the host split into 2 CPU devices says so and keeps its ratio.
+  rows = [dict(row, impl="metajax", batching="scan", chunk=1, conv="winograd", devices=2),
+          dict(row, impl="torch-loop", median_s=4.0)]
+  assert "| scan/1/winograd on 2 devices |" in table(rows) and "| 0.25 |" in table(rows)
   # Same device in each framework's words: JAX "gpu", PyTorch "cuda".
   rows = [dict(row, impl="metajax", backend="gpu"),
           dict(row, impl="torch-loop", median_s=4.0, backend="cuda")]
@@ -54,15 +59,26 @@ def test_auto_resolution_and_bad_chunk():
     resolve("scan", 5, "xla", 32)
 
 
-def test_one_cell_in_a_subprocess():
-  cell = {"impl": "metajax", "preset": "sine", "algo": "maml", "steps_per_call": 20,
-          "iters": 2}
+def _cell_in_a_subprocess(cell: dict) -> dict:
   p = subprocess.run([sys.executable, "-m", "metajax.bench", "--cell", json.dumps(cell)],
-                     capture_output=True, text=True, timeout=300)
+                     capture_output=True, text=True, timeout=600)
   assert p.returncode == 0, p.stderr
-  r = json.loads(p.stdout.strip().splitlines()[-1])
+  return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_one_cell_in_a_subprocess():
+  r = _cell_in_a_subprocess({"impl": "metajax", "preset": "sine", "algo": "maml",
+                             "steps_per_call": 20, "iters": 2})
   assert r["median_s"] > 0 and r["n"] == 2 and r["compile_s"] > 0
   assert r["peak_rss_mb"] > 50 and r["run_rss_mb"] > 50
+  assert r["devices"] == 1
+
+
+def test_a_cell_on_two_cpu_devices():
+  """"cpu_devices" splits the cell's meta-batch over host devices, set in its own process."""
+  r = _cell_in_a_subprocess({"impl": "metajax", "preset": "omni_5w1s_mb4", "algo": "fomaml",
+                             "iters": 1, "cpu_devices": 2})
+  assert r["devices"] == 2 and r["median_s"] > 0 and math.isfinite(r["loss"])
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -63,6 +63,18 @@ def test_too_many_devices_is_a_clear_error():
     sharding.make_mesh(n + 1)
 
 
+def test_cpu_devices_once_jax_has_started():
+  jax.devices()  # JAX has started in this process
+  n = len(jax.devices("cpu"))
+  sharding.set_cpu_devices(0)  # JAX's default: nothing to do
+  sharding.set_cpu_devices(n)  # what JAX already has: nothing to do
+  with pytest.raises(sharding.ShardingError,
+                     match=rf"cpu_devices={n + 1}: JAX already runs with {n} CPU device.*"
+                           rf"xla_force_host_platform_device_count={n + 1}"):
+    sharding.set_cpu_devices(n + 1)
+  assert len(jax.devices("cpu")) == n
+
+
 def _sine(meta_batch=16):
   config = config_lib.sinusoid_base()
   config.meta_batch = meta_batch

@@ -283,6 +283,15 @@ def test_a_refused_run_leaves_no_empty_workdir(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_cpu_devices_splits_the_meta_batch_over_host_devices(tmp_path):
+  # A fresh process: the key takes effect before JAX starts (this one has 1 CPU device).
+  p = _cli("--config", "experiments/sine_maml.py", "--workdir", str(tmp_path),
+           "--config.cpu_devices=2", "--config.meta_batch=4", "--config.num_steps=20",
+           "--config.log_every=10", "--config.eval_tasks=20", "--config.plots=False")
+  assert p.returncode == 0, p.stderr
+  assert json.loads((tmp_path / "eval.json").read_text())["devices"] == 2
+
+
 def test_another_runs_metrics_without_a_checkpoint_are_not_overwritten(tmp_path):
   from metajax.train import main
   other = load_config(os.path.join(ROOT, "experiments", "sine_maml.py"), ["seed=7"])

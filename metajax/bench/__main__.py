@@ -20,7 +20,8 @@ Suites:
               loop over the whole model (features_once=False)
   strategies  the task-batching strategies and conv forms on Omniglot 5w1s
               (benchmark episodes, 15 query images per class) and on MAML's
-              Omniglot training episodes (1 query image per class)
+              Omniglot training episodes (1 query image per class); on a CPU
+              also the host split into 2 devices (cpu_devices=2)
 
 Every cell runs in its own subprocess (peak memory is per cell). Writes
 OUT/SUITE.jsonl (OUT/SUITE_PRESET_ALGO.jsonl when --preset/--algo pick
@@ -92,6 +93,11 @@ def suite_cells(suite: str, peers: bool):
     for batching, chunk in (("scan", 1), ("scan", 8), ("vmap", None)):
       cells.append({"impl": "metajax", "preset": "omni_5w1s_train", "algo": "maml",
                     "batching": batching, "chunk": chunk, "conv": "winograd"})
+    if _jax_backend() == "cpu":
+      # The host CPU split into 2 JAX devices (cpu_devices): two streams of tasks.
+      for preset in ("omni_5w1s", "omni_5w1s_train"):
+        cells.append({"impl": "metajax", "preset": preset, "algo": "maml",
+                      "batching": "scan", "chunk": 1, "conv": "winograd", "cpu_devices": 2})
   else:
     raise SystemExit(f"unknown suite {suite!r}; choose paper, peers, steps, anil or "
                      "strategies")
@@ -150,7 +156,8 @@ def table(rows) -> str:
                     if other and r["impl"] == "metajax" else "–")
     algo = r["algo"] + (" (masked loop)" if r.get("features_once") is False else "")
     batching = "–" if r["impl"] != "metajax" else (
-        f"{r.get('batching')}/{r.get('chunk') or '-'}/{r.get('conv') or '-'}")
+        f"{r.get('batching')}/{r.get('chunk') or '-'}/{r.get('conv') or '-'}"
+        + (f" on {r['devices']} devices" if r.get("devices", 1) > 1 else ""))
     out.append(
         f"| {r['preset']} | {algo} | {r['impl']} | {r.get('steps')} | "
         f"{_remat(r) if r['impl'] == 'metajax' else '–'} | {batching} | {r['median_s']:.4f} | "

@@ -8,6 +8,7 @@ import time
 import jax
 import numpy as np
 
+from metajax import sharding
 from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.bench import memory
@@ -54,7 +55,14 @@ def _sine_setup(cell):
 
 def run_cell(cell: dict) -> dict:
   """cell: {"preset", "algo", optional "steps", "remat" (default "auto"), "batching", "chunk",
-  "conv", "iters", "steps_per_call", "features_once" (ANIL)}. Returns timings (s) and memory (MiB)."""
+  "conv", "iters", "steps_per_call", "features_once" (ANIL), "cpu_devices"}. Returns timings
+  (s) and memory (MiB).
+
+  "cpu_devices": N > 1 splits the host CPU into N JAX devices and the meta-batch
+  over them, as `python -m metajax.train --config.cpu_devices=N` does
+  (`metajax.sharding.set_cpu_devices`)."""
+  cpu_devices = int(cell.get("cpu_devices", 0))
+  sharding.set_cpu_devices(cpu_devices)
   iters = timed_iters(cell)
   import optax
 
@@ -74,11 +82,18 @@ def run_cell(cell: dict) -> dict:
   optimizer = optax.adam(1e-3)
   state = init_state(algo, problem.init_params(jax.random.PRNGKey(0)),
                      optimizer, jax.random.PRNGKey(1))
+  mesh = None
+  if cpu_devices > 1:
+    mesh = sharding.make_mesh(cpu_devices)
+    sharding.check_divisible(meta_batch, mesh, algo.task_chunk, algo.batching)
+    state = sharding.place_state(state, mesh)
+  info["devices"] = 1 if mesh is None else mesh.size
   # ANIL on images: the body's features once per task (metajax.anil), unless
   # the cell asks for the masked inner loop over the whole model.
   head_split = (problem.head_split() if algo.head_only and cell["preset"] != "sine"
                 and cell.get("features_once", True) else None)
-  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer, head_split=head_split)
+  meta_step = make_meta_step(algo, problem.loss_fn, sample, optimizer, head_split=head_split,
+                             mesh=mesh)
   per_call = int(cell.get("steps_per_call", 1))
 
   options = compiler_options()  # before the clock: it may probe the jaxlib once
