@@ -38,11 +38,12 @@ from metajax.sharding import to_host
 
 # Keys that may change when a run is resumed: they set how long it runs, what
 # is logged / evaluated / kept, where data is read from or how the state is laid
-# out over devices (restored into the new layout), not what it computes.
+# out over devices (restored into the new layout), not what it computes
+# (cpu_devices changes the order of the meta-gradient's sums: loop.run notes it).
 RESUMABLE_KEYS = frozenset({
     "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
     "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "eval_shots",
-    "on_nan", "param_sharding", "test_every_step",
+    "on_nan", "param_sharding", "test_every_step", "cpu_devices",
 })
 # The keys `python -m metajax.retest` may change: test-time only.
 TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",

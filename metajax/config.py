@@ -133,8 +133,9 @@ def add_imaml_keys(c: ml_collections.ConfigDict) -> None:
 def add_run_keys(c: ml_collections.ConfigDict, *, checkpoint_every: int) -> None:
   """Devices, checkpoints and the NaN policy: the same keys for every task."""
   c.num_devices = 0             # devices the meta-batch is split over; 0 = all
-  c.cpu_devices = 0             # on a CPU: split the host into this many JAX devices (set as
-                                # the run starts); 0 = JAX's default (one, or XLA_FLAGS')
+  c.cpu_devices = 0             # on a CPU: split the host into this many JAX devices as the run
+                                # starts; 0 = auto: 2 for Omniglot on >= 2 cores, else JAX's
+                                # default (metajax.sharding.auto_cpu_devices)
   c.param_sharding = "replicated"  # params, rates, optimizer state: or "sharded" over devices
   c.checkpoint_every = checkpoint_every  # meta-steps between checkpoints; 0 = only at the end
   c.keep_checkpoints = 3        # newest checkpoints kept (plus the best-validated one)

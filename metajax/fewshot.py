@@ -175,8 +175,7 @@ def run_test(config, s: Setup, state, test_images) -> dict:
   evaluate = make_evaluator(config, algo, s.problem, s.mean, s.std,
                             last_only=not config.test_every_step)
   t0 = time.perf_counter()
-  acc = summarize(evaluate(chosen, sharding.place_state(test_images, s.mesh),
-                           config.eval_tasks))
+  acc = summarize(evaluate(chosen, sharding.on_one_device(test_images), config.eval_tasks))
   test_s = time.perf_counter() - t0
   result = {
       "metric": "accuracy", "split": "test", "dataset": config.task,
@@ -235,12 +234,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                              head_split=problem.head_split() if algo.head_only else None)
   evaluate_last = make_evaluator(config, algo, problem, mean, std, last_only=True)
 
-  # Each split goes to the devices once, not at every validation.
-  val_on_device = None if val_images is None else sharding.place_state(val_images, mesh)
+  # Each split goes to its device once, not at every validation; validation
+  # runs on one device (sharding.on_one_device), the parameters copied there.
+  val_on_device = None if val_images is None else sharding.on_one_device(val_images)
 
   def validate(state):
-    return validation_row(
-        evaluate_last(state.adaptation_params(), val_on_device, config.val_tasks)[:, -1])
+    params = sharding.host_tree(state.adaptation_params())
+    return validation_row(evaluate_last(params, val_on_device, config.val_tasks)[:, -1])
 
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
                             keep=config.keep_checkpoints)

@@ -85,7 +85,7 @@ def _what_now(config, checkpoints: Checkpoints, *, suggest_skip: bool = True) ->
 # its first checkpoint may be restarted with them changed (e.g. after running
 # out of memory), over its own metrics.
 HOW_KEYS = frozenset({"unroll", "remat", "batching", "task_chunk", "conv_impl", "num_devices",
-                      "cpu_devices", "param_sharding", "steps_per_call"})
+                      "param_sharding", "steps_per_call"})
 
 
 def _placement(state) -> str:

@@ -12,6 +12,8 @@ the mean (loss, meta-gradient) of its own B/D tasks with the configured
 batching strategy, and `lax.pmean` over "tasks" makes it the mean over all B.
 So a config runs unchanged on 1 CPU, 8 GPUs or a TPU slice, and its numbers
 do not depend on the device count beyond float summation order (tested).
+Validation and the test run on each process's first device (`on_one_device`).
+A host CPU may itself be split into several devices (`set_cpu_devices`).
 
 Multi-host: call `jax.distributed.initialize()` first (`python -m
 metajax.train --distributed ...`, see the README); every process then runs the
@@ -20,6 +22,7 @@ same program on the global mesh and XLA does the communication.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import jax
@@ -38,30 +41,59 @@ class ShardingError(ConfigError):
   """A meta-batch / device-count combination that cannot be split evenly."""
 
 
-def set_cpu_devices(count: int) -> None:
+# Tasks whose meta-step ran faster on a CPU split into 2 devices, in training
+# runs and in the benchmark (docs/RESULTS.md, "Two CPU devices on two cores"):
+# Omniglot's 28x28 images. mini-ImageNet's 84x84 ones ran slower.
+AUTO_CPU_DEVICE_TASKS = ("omniglot",)
+
+
+def set_cpu_devices(count: int, *, required: bool = True) -> None:
   """Splits the host CPU into `count` JAX devices (`jax_num_cpu_devices`), so
   that a meta-batch split over them runs as `count` concurrent streams of
   tasks; 0 leaves JAX's default. Only the CPU backend's device count changes.
-  It must come before this process runs any JAX operation.
+  It must come before this process runs any JAX operation; after that, a count
+  other than JAX's is an error, or (`required=False`) left as JAX has it.
 
   Why: XLA's CPU backend runs one op at a time, splitting each over the cores;
   the conv-4 step's many small ops split poorly. On a 2-core VM two devices
-  made MAML's Omniglot training step 30% faster (15 MB more memory), the
-  benchmark's Omniglot steps 9-15% (90-360 MB more: temporaries per device),
-  and mini-ImageNet's step 9-12% slower (docs/RESULTS.md, "Two CPU devices on
-  two cores")."""
+  made MAML's Omniglot training 1.9x faster, the benchmark's Omniglot steps
+  9-15% (90-360 MB more: temporaries per device), and mini-ImageNet's step
+  9-12% slower (docs/RESULTS.md, "Two CPU devices on two cores")."""
   if not count:
     return
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:
     started = len(jax.devices("cpu"))
-    if started != count:
+    if started != count and required:
       raise ShardingError(
           f"cpu_devices={count}: JAX already runs with {started} CPU device(s) in this "
           f"process; set cpu_devices before any JAX operation (as `python -m metajax.train` "
           f"does), or XLA_FLAGS=--xla_force_host_platform_device_count={count} before "
           "Python starts") from None
+
+
+def auto_cpu_devices(config, *, distributed: bool = False, cores: Optional[int] = None,
+                     xla_flags: Optional[str] = None) -> int:
+  """What `cpu_devices=0` (auto) sets: 2 for a task of AUTO_CPU_DEVICE_TASKS
+  whose meta-batch (and task_chunk) splits over 2, on a host with >= 2 cores,
+  where nothing else chose the devices (one process; num_devices 0 or 2; no
+  device count in XLA_FLAGS); else 0 (JAX's default, one CPU device). On a
+  GPU or TPU host the CPU devices go unused."""
+  if cores is None:
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+  if xla_flags is None:
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+  if (distributed or cores < 2 or "xla_force_host_platform_device_count" in xla_flags
+      or config.get("task") not in AUTO_CPU_DEVICE_TASKS
+      or config.get("num_devices", 0) not in (0, 2)):
+    return 0
+  per_device, odd = divmod(config.meta_batch, 2)
+  chunk = config.get("task_chunk", 1)
+  if odd or (config.get("batching", "auto") != "vmap" and per_device % chunk):
+    return 0
+  return 2
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -186,6 +218,14 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def on_one_device(tree):
+  """`tree` committed to this process's first device. Evaluation runs there:
+  on arrays replicated over a mesh every device would compute the same
+  episodes, which on CPU devices that share the cores (cpu_devices) is the
+  same work done twice."""
+  return jax.device_put(tree, jax.local_devices()[0])
 
 
 def host_tree(tree):

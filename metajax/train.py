@@ -250,7 +250,11 @@ def main(argv=None):
     config_path, workdir, overrides, launch = parse_args(argv)
     new_workdir = not os.path.exists(workdir)
     config = load_config(config_path, overrides)
-    sharding.set_cpu_devices(config.get("cpu_devices", 0))
+    if config.get("cpu_devices", 0):
+      sharding.set_cpu_devices(config.cpu_devices)
+    else:  # auto; a process where JAX already runs (e.g. a test) keeps its devices
+      sharding.set_cpu_devices(
+          sharding.auto_cpu_devices(config, distributed=launch is not None), required=False)
     if launch is not None:
       initialize_distributed(launch)
     result = train_and_evaluate(config, workdir)

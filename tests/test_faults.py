@@ -262,6 +262,11 @@ def test_a_changed_test_protocol_is_refused_with_a_pointer_to_retest():
   with pytest.raises(config_lib.ConfigError) as e:  # more devices: still training, no pointer
     check_resumable(saved, dict(saved, num_devices=4), "runs/x/checkpoints")
   assert "num_devices" in str(e.value) and "metajax.retest" not in str(e.value)
+  # The host split into other CPU devices resumes (with loop.run's note on placement),
+  # as does a run saved before the key existed.
+  check_resumable(saved, dict(saved, cpu_devices=2), "runs/x/checkpoints")
+  check_resumable({k: v for k, v in saved.items() if k != "cpu_devices"}, saved,
+                  "runs/x/checkpoints")
 
 
 def test_a_scheduled_run_may_end_at_its_last_checkpoint(tmp_path, capsys):

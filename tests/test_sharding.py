@@ -75,6 +75,27 @@ def test_cpu_devices_once_jax_has_started():
   assert len(jax.devices("cpu")) == n
 
 
+def test_auto_cpu_devices_splits_omniglot_runs_in_two():
+  omniglot = config_lib.fewshot_base("omniglot")  # meta_batch 32
+  auto = lambda c, **kw: sharding.auto_cpu_devices(c, **{"cores": 2, "xla_flags": "", **kw})
+  assert auto(omniglot) == 2
+  assert auto(omniglot, cores=16) == 2
+  for config in (config_lib.fewshot_base("mini_imagenet"), config_lib.sinusoid_base()):
+    assert auto(config) == 0  # measured slower (mini-ImageNet) or not measured
+  assert auto(omniglot, cores=1) == 0
+  assert auto(omniglot, distributed=True) == 0
+  assert auto(omniglot, xla_flags="--xla_force_host_platform_device_count=4") == 0
+  for key, value, want in (("num_devices", 1, 0), ("num_devices", 2, 2),
+                           ("meta_batch", 5, 0), ("task_chunk", 16, 2),
+                           ("task_chunk", 32, 0)):
+    c = config_lib.fewshot_base("omniglot")
+    c[key] = value
+    assert auto(c) == want, (key, value)
+  c = config_lib.fewshot_base("omniglot")
+  c.batching, c.task_chunk = "vmap", 32  # vmap ignores task_chunk
+  assert auto(c) == 2
+
+
 def _sine(meta_batch=16):
   config = config_lib.sinusoid_base()
   config.meta_batch = meta_batch
@@ -233,15 +254,25 @@ def test_fewshot_training_keeps_a_sharded_state(tmp_path, monkeypatch):
   images = np.asarray(jax.random.randint(jax.random.PRNGKey(0), (12, 6, 16, 16, 1), 0, 256),
                       np.uint8)
   monkeypatch.setattr(fewshot, "load_images", lambda config, split: images)
+  # Validation and the test run on one device, not replicated on all 8.
+  devices_evaluated_on, make_evaluator = [], fewshot.make_evaluator
+  def evaluator(*args, **kwargs):
+    evaluate = make_evaluator(*args, **kwargs)
+    def spied(params, images, num_tasks):
+      devices_evaluated_on.append(len(images.devices()))
+      return evaluate(params, images, num_tasks)
+    return spied
+  monkeypatch.setattr(fewshot, "make_evaluator", evaluator)
   config = config_lib.fewshot_base("omniglot")
   config.update(dict(algorithm="reptile", inner_optimizer="adam", carry_inner_adam=True,
                      inner_lr=0.001, inner_steps=2, outer_optimizer="sgd", outer_lr=1.0,
                      filters=8, meta_batch=8, k_query=1, num_steps=20, steps_per_call=10,
-                     log_every=10, eval_every=0, eval_tasks=8, eval_batch=8,
+                     log_every=10, eval_every=10, val_tasks=8, eval_tasks=8, eval_batch=8,
                      eval_max_steps=2, eval_query=1, conv_impl="xla", plots=False,
                      param_sharding="sharded"))
   result = fewshot.train_and_evaluate(config, str(tmp_path), progress=False)
   assert result["devices"] == 8 and result["iterations"] == 20
+  assert devices_evaluated_on == [1, 1, 1]  # 2 validations, the test
   template = init_state(fewshot.algorithm(config),
                         Problem(ways=5, filters=8, image_shape=(16, 16, 1)).init_params(
                             jax.random.PRNGKey(0)), optax.sgd(1.0), jax.random.PRNGKey(1))

@@ -292,6 +292,25 @@ def test_cpu_devices_splits_the_meta_batch_over_host_devices(tmp_path):
   assert json.loads((tmp_path / "eval.json").read_text())["devices"] == 2
 
 
+def test_the_cli_sets_cpu_devices_before_training(tmp_path, monkeypatch):
+  from metajax import sharding, train
+  calls = []
+  monkeypatch.setattr(sharding, "set_cpu_devices",
+                      lambda n, required=True: calls.append((n, required)))
+  monkeypatch.setattr(sharding, "auto_cpu_devices",
+                      lambda config, distributed=False: 2 if config.task == "omniglot" else 0)
+  def stop(config, workdir, progress=True):
+    raise config_lib.ConfigError("stopped before training")
+  monkeypatch.setattr(train, "train_and_evaluate", stop)
+  for file, extra, want in (("omniglot_5w1s_maml.py", [], (2, False)),
+                            ("omniglot_5w1s_maml.py", ["--config.cpu_devices=1"], (1, True)),
+                            ("mini_5w1s_maml.py", [], (0, False))):
+    calls.clear()
+    assert train.main(["--config", os.path.join(ROOT, "experiments", file),
+                       "--workdir", str(tmp_path / "run"), *extra]) == 2
+    assert calls == [want], (file, extra)
+
+
 def test_another_runs_metrics_without_a_checkpoint_are_not_overwritten(tmp_path):
   from metajax.train import main
   other = load_config(os.path.join(ROOT, "experiments", "sine_maml.py"), ["seed=7"])
