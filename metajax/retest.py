@@ -138,6 +138,8 @@ def retest(workdir: str, overrides=(), *, step=None, name=None, split="test") ->
     set_override(config, key, raw)
     changed[key] = config[key]
   config_lib.validate(config, testing=True)
+  # The run's CPU devices, so that its num_devices makes a mesh here too.
+  sharding.start_cpu_devices(config, required=False)
 
   if split != "test" and config.task == "sinusoid":
     raise config_lib.ConfigError("sinusoid runs have no validation split: their "

@@ -76,16 +76,18 @@ def set_cpu_devices(count: int, *, required: bool = True) -> None:
 def auto_cpu_devices(config, *, distributed: bool = False, cores: Optional[int] = None,
                      xla_flags: Optional[str] = None) -> int:
   """What `cpu_devices=0` (auto) sets: 2 for a task of AUTO_CPU_DEVICE_TASKS
-  whose meta-batch (and task_chunk) splits over 2, on a host with >= 2 cores,
+  whose meta-batch (and task_chunk) splits over 2, on a host with >= 2 cores
+  (the CPUs this process may run on; a container's CPU quota is not seen),
   where nothing else chose the devices (one process; num_devices 0 or 2; no
-  device count in XLA_FLAGS); else 0 (JAX's default, one CPU device). On a
-  GPU or TPU host the CPU devices go unused."""
+  device count in XLA_FLAGS or JAX_NUM_CPU_DEVICES); else 0 (JAX's default,
+  one CPU device). On a GPU or TPU host the CPU devices go unused."""
   if cores is None:
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
   if xla_flags is None:
     xla_flags = os.environ.get("XLA_FLAGS", "")
   if (distributed or cores < 2 or "xla_force_host_platform_device_count" in xla_flags
+      or jax.config.jax_num_cpu_devices >= 0  # set already, e.g. by JAX_NUM_CPU_DEVICES
       or config.get("task") not in AUTO_CPU_DEVICE_TASKS
       or config.get("num_devices", 0) not in (0, 2)):
     return 0
@@ -94,6 +96,18 @@ def auto_cpu_devices(config, *, distributed: bool = False, cores: Optional[int] 
   if odd or (config.get("batching", "auto") != "vmap" and per_device % chunk):
     return 0
   return 2
+
+
+def start_cpu_devices(config, *, distributed: bool = False, required: bool = True) -> None:
+  """Applies `config.cpu_devices` as a run starts: that many CPU devices, or
+  with 0 `auto_cpu_devices`' choice, which a process where JAX already runs
+  (e.g. a test) leaves as it is. `required=False` leaves an explicit count
+  too (a re-test: testing runs on one device)."""
+  count = config.get("cpu_devices", 0)
+  if count:
+    set_cpu_devices(count, required=required)
+  else:
+    set_cpu_devices(auto_cpu_devices(config, distributed=distributed), required=False)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

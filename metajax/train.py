@@ -195,7 +195,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                             keep=config.keep_checkpoints)
   state, stats = loop.run(
       config, state, meta_step, workdir, checkpoints,
-      on_boundary=validate and (lambda s: validate(s.adaptation_params())),
+      # On one device (sharding.on_one_device), from the parameters' host copy.
+      on_boundary=validate and (lambda s: validate(sharding.host_tree(s.adaptation_params()))),
       progress=progress, desc=f"{config.algorithm} K={config.k_shot}")
   checkpoints.close()
 
@@ -250,11 +251,7 @@ def main(argv=None):
     config_path, workdir, overrides, launch = parse_args(argv)
     new_workdir = not os.path.exists(workdir)
     config = load_config(config_path, overrides)
-    if config.get("cpu_devices", 0):
-      sharding.set_cpu_devices(config.cpu_devices)
-    else:  # auto; a process where JAX already runs (e.g. a test) keeps its devices
-      sharding.set_cpu_devices(
-          sharding.auto_cpu_devices(config, distributed=launch is not None), required=False)
+    sharding.start_cpu_devices(config, distributed=launch is not None)  # before JAX starts
     if launch is not None:
       initialize_distributed(launch)
     result = train_and_evaluate(config, workdir)

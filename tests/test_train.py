@@ -297,18 +297,43 @@ def test_the_cli_sets_cpu_devices_before_training(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(sharding, "set_cpu_devices",
                       lambda n, required=True: calls.append((n, required)))
-  monkeypatch.setattr(sharding, "auto_cpu_devices",
-                      lambda config, distributed=False: 2 if config.task == "omniglot" else 0)
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.setattr(train, "initialize_distributed", lambda launch: None)
   def stop(config, workdir, progress=True):
     raise config_lib.ConfigError("stopped before training")
   monkeypatch.setattr(train, "train_and_evaluate", stop)
   for file, extra, want in (("omniglot_5w1s_maml.py", [], (2, False)),
                             ("omniglot_5w1s_maml.py", ["--config.cpu_devices=1"], (1, True)),
+                            ("omniglot_5w1s_maml.py", ["--distributed"], (0, False)),
+                            ("omniglot_5w1s_reptile.py", [], (0, False)),  # meta_batch 5
                             ("mini_5w1s_maml.py", [], (0, False))):
     calls.clear()
     assert train.main(["--config", os.path.join(ROOT, "experiments", file),
                        "--workdir", str(tmp_path / "run"), *extra]) == 2
     assert calls == [want], (file, extra)
+
+
+@pytest.mark.parametrize("file,env,devices", [
+    ("omniglot_5w1s_maml.py", {}, 2), ("omniglot_5w1s_maml.py", {"JAX_NUM_CPU_DEVICES": "1"}, 1),
+    ("mini_5w1s_maml.py", {}, 1)])
+def test_auto_cpu_devices_in_a_fresh_process(tmp_path, file, env, devices):
+  """The CLI's order: cpu_devices is applied before anything starts JAX."""
+  script = ("import os, sys, jax\n"
+            "os.sched_getaffinity = lambda pid: {0, 1}\n"
+            "from metajax import train\n"
+            "def report(config, workdir, progress=True):\n"
+            "  print('cpu devices', len(jax.devices('cpu')), flush=True)\n"
+            "  sys.exit(0)\n"
+            "train.train_and_evaluate = report\n"
+            "sys.exit(train.main(sys.argv[1:]))\n")
+  environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  p = subprocess.run([sys.executable, "-c", script, "--config", f"experiments/{file}",
+                      "--workdir", str(tmp_path / "run")], cwd=ROOT, env={**environ, **env},
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+  assert f"cpu devices {devices}" in p.stdout
 
 
 def test_another_runs_metrics_without_a_checkpoint_are_not_overwritten(tmp_path):

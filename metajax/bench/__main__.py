@@ -32,6 +32,7 @@ metajax / peer from the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -42,6 +43,7 @@ from metajax.bench.presets import ALGORITHMS
 IMAGE_PRESETS = ("omni_5w1s", "omni_20w1s", "mini_5w1s")
 
 
+@functools.lru_cache(maxsize=None)
 def _jax_backend() -> str:
   """JAX's default backend, asked in a child process: starting JAX here would
   hold an accelerator's memory (it preallocates) while the cells run."""
