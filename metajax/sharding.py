@@ -89,11 +89,9 @@ def auto_cpu_devices(config, *, distributed: bool = False, cores: Optional[int] 
   if (distributed or cores < 2 or "xla_force_host_platform_device_count" in xla_flags
       or jax.config.jax_num_cpu_devices >= 0  # set already, e.g. by JAX_NUM_CPU_DEVICES
       or config.get("task") not in AUTO_CPU_DEVICE_TASKS
-      or config.get("num_devices", 0) not in (0, 2)):
-    return 0
-  per_device, odd = divmod(config.meta_batch, 2)
-  chunk = config.get("task_chunk", 1)
-  if odd or (config.get("batching", "auto") != "vmap" and per_device % chunk):
+      or config.get("num_devices", 0) not in (0, 2)
+      or split_error(config.meta_batch, 2, config.get("task_chunk", 1),
+                     config.get("batching", "auto"))):
     return 0
   return 2
 
@@ -122,22 +120,32 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.asarray(devices[:num_devices or len(devices)]), (TASK_AXIS,))
 
 
-def check_divisible(meta_batch: int, mesh: Mesh, task_chunk: int = 1,
-                    batching: str = "vmap") -> None:
-  """Raises ShardingError unless every device gets the same whole number of tasks."""
-  d = mesh.size
+def split_error(meta_batch: int, devices: int, task_chunk: int = 1,
+                batching: str = "vmap") -> Optional[str]:
+  """Why `meta_batch` tasks do not give each of `devices` the same whole number
+  of tasks (and of task_chunk chunks, unless vmapped); None where they do.
+  Starts no JAX (auto_cpu_devices asks before JAX may start)."""
+  d = devices
   if meta_batch % d:
     lo, hi = (meta_batch // d) * d, (meta_batch // d + 1) * d
     sizes = f"{lo} or {hi}" if lo else f"{hi}"
-    hint = ("" if jax.process_count() > 1 else
-            f" or set num_devices to a divisor of {meta_batch}")
-    raise ShardingError(
-        f"meta_batch={meta_batch} does not split evenly over {d} devices; use a "
-        f"multiple of {d} (e.g. {sizes}){hint}")
+    return (f"meta_batch={meta_batch} does not split evenly over {d} devices; use a "
+            f"multiple of {d} (e.g. {sizes})")
   if batching != "vmap" and (meta_batch // d) % task_chunk:
-    raise ShardingError(
-        f"task_chunk={task_chunk} must divide the {meta_batch // d} tasks each of "
-        f"{d} devices gets (meta_batch={meta_batch}); pick a divisor of {meta_batch // d}")
+    return (f"task_chunk={task_chunk} must divide the {meta_batch // d} tasks each of "
+            f"{d} devices gets (meta_batch={meta_batch}); pick a divisor of {meta_batch // d}")
+  return None
+
+
+def check_divisible(meta_batch: int, mesh: Mesh, task_chunk: int = 1,
+                    batching: str = "vmap") -> None:
+  """Raises ShardingError unless every device gets the same whole number of tasks."""
+  error = split_error(meta_batch, mesh.size, task_chunk, batching)
+  if error is None:
+    return
+  if meta_batch % mesh.size and jax.process_count() == 1:
+    error += f" or set num_devices to a divisor of {meta_batch}"
+  raise ShardingError(error)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
