@@ -36,6 +36,12 @@ WINOGRAD_MIN_POSITIONS = 2000
 # Below this many input channels im2col's patches are built in two stages
 # (_patches).
 IM2COL_TWO_STAGE_BELOW_CHANNELS = 16
+# Below this many input channels an im2col layer under batch norm takes its
+# output's batch statistics from the (N*H*W x 9C) patches (_patch_moments),
+# not from the (N*H*W x O) output: Omniglot's first layer (1 channel: 1-8%
+# faster CPU meta-steps), not mini-ImageNet's (3 channels: the 27x27
+# covariance cost more than it saved; docs/RESULTS.md).
+PATCH_MOMENTS_BELOW_CHANNELS = 2
 BN_MODES = ("transductive", "per_step", "none")
 
 
@@ -65,22 +71,18 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   """
   if stride not in (1, 2):
     raise ValueError(f"conv stride must be 1 or 2, got {stride!r}")
+  impl = _form(x_NxHxWxC, kernel_3x3xCxO, impl, stride)
   if impl == "xla":
     return _xla_conv(x_NxHxWxC, kernel_3x3xCxO, stride)
   c, o = kernel_3x3xCxO.shape[2:]
   if impl == "winograd":
-    n, h, w, _ = x_NxHxWxC.shape
-    if (stride == 1 and c >= WINOGRAD_MIN_CHANNELS and n * h * w >= WINOGRAD_MIN_POSITIONS
-        and jnp.dtype(x_NxHxWxC.dtype).itemsize >= 4):
-      return winograd.conv3x3(x_NxHxWxC, kernel_3x3xCxO)
-    impl = "im2col"
+    return winograd.conv3x3(x_NxHxWxC, kernel_3x3xCxO)
   if impl == "hybrid":
     out = _hybrid_conv(x_NxHxWxC, kernel_3x3xCxO)
     return _every_other(out) if stride == 2 else out
   if impl == "im2col":
-    patches_NxHxWx9C = _patches(x_NxHxWxC, stride)
-    n, h, w, _ = patches_NxHxWx9C.shape
-    out = patches_NxHxWx9C.reshape(n * h * w, 9 * c) @ kernel_3x3xCxO.reshape(9 * c, o)
+    patches_Px9C, kernel_9CxO, (n, h, w) = _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride)
+    out = patches_Px9C @ kernel_9CxO
   elif impl == "shifted":
     views = _views(x_NxHxWxC, stride)
     n, h, w, _ = views[0].shape
@@ -89,6 +91,70 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   else:
     raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
   return out.reshape(n, h, w, o)
+
+
+def _form(x_NxHxWxC, kernel_3x3xCxO, impl, stride):
+  """The form conv3x3 computes: `impl`, except that "winograd" is im2col where
+  Winograd's form did not pay (see conv3x3)."""
+  if impl != "winograd":
+    return impl
+  n, h, w, c = x_NxHxWxC.shape
+  if (stride == 1 and c >= WINOGRAD_MIN_CHANNELS and n * h * w >= WINOGRAD_MIN_POSITIONS
+      and jnp.dtype(x_NxHxWxC.dtype).itemsize >= 4):
+    return "winograd"
+  return "im2col"
+
+
+def conv3x3_moments(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
+  """conv3x3 -> (y_NxHxWxO, moments), moments = (mean_O, var_O) of y over
+  batch and positions where they come cheaper from im2col's patches
+  (_patch_moments: stride 1, fewer than PATCH_MOMENTS_BELOW_CHANNELS input
+  channels), else None (the caller takes them from y)."""
+  c = x_NxHxWxC.shape[-1]
+  if (stride != 1 or c >= PATCH_MOMENTS_BELOW_CHANNELS
+      or _form(x_NxHxWxC, kernel_3x3xCxO, impl, stride) != "im2col"):
+    return conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl, stride), None
+  patches_Px9C, kernel_9CxO, (n, h, w) = _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride)
+  y_NxHxWxO = (patches_Px9C @ kernel_9CxO).reshape(n, h, w, -1)
+  return y_NxHxWxO, _patch_moments(patches_Px9C, kernel_9CxO)
+
+
+def _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride):
+  """im2col's product operands: (P x 9C) patches, P = N*H'*W', the (9C x O)
+  kernel, and (N, H', W')."""
+  c, o = kernel_3x3xCxO.shape[2:]
+  patches_NxHxWx9C = _patches(x_NxHxWxC, stride)
+  n, h, w, _ = patches_NxHxWx9C.shape
+  return (patches_NxHxWx9C.reshape(n * h * w, 9 * c), kernel_3x3xCxO.reshape(9 * c, o),
+          (n, h, w))
+
+
+def _patch_moments(patches_Px9C, kernel_9CxO):
+  """Per-channel mean and (biased) variance of y = patches @ kernel over its
+  P rows, from the patches: mean = mu @ kernel and var_o = k_oᵀ S k_o, with
+  mu the patches' mean and S their (9C x 9C) covariance.
+
+  Exact (y is linear in the patches), derivatives included. Why: on
+  Omniglot conv-4's first layer has 1 input channel, so its patches are 9
+  wide against 64 output channels, and its full-resolution output is the
+  step's largest tensor; the statistics' passes over y forward, and their
+  terms in y's gradient backward, become small products (docs/RESULTS.md,
+  "Batch statistics from the patches"). S is taken about mu with mu's
+  gradient stopped and corrected by (mu - c)(mu - c)ᵀ, which is 0 in value,
+  as _moments does for the variance: the centred products keep float32's
+  accuracy when the patches' mean is large against their spread. HIGHEST:
+  TPU matmuls would round these statistics to bfloat16.
+  """
+  hi = jax.lax.Precision.HIGHEST
+  mu_9C = jnp.mean(patches_Px9C, axis=0)
+  c_9C = jax.lax.stop_gradient(mu_9C)
+  centred_Px9C = patches_Px9C - c_9C
+  d_9C = mu_9C - c_9C
+  cov_9Cx9C = (jnp.einsum("pi,pj->ij", centred_Px9C, centred_Px9C, precision=hi)
+               / patches_Px9C.shape[0] - jnp.outer(d_9C, d_9C))
+  mean_O = jnp.dot(mu_9C, kernel_9CxO, precision=hi)
+  var_O = jnp.sum(kernel_9CxO * jnp.dot(cov_9Cx9C, kernel_9CxO, precision=hi), axis=0)
+  return mean_O, var_O
 
 
 def _every_other(x_NxHxWxC):
@@ -237,7 +303,7 @@ def _moments(x_NxHxWxC):
   return mean_C, var_C
 
 
-def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None):
+def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None, moments=None):
   """max_pool2x2(relu(batch_norm(x + bias))), or max_pool2x2(relu(x + bias))
   without BN, with the pool taken first: (N, H, W, C) -> (N, H//2, W//2, C).
 
@@ -246,7 +312,8 @@ def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None):
   BN it cancels: (max + b) - (mean + b), written out so that the parameter
   stays in the graph with its exact gradient (zero, up to rounding). Adding it
   before would be one more full-resolution pass forward and a full-resolution
-  sum backward.
+  sum backward. moments: x's per-channel (mean_C, var_C) where the caller has
+  them (conv3x3_moments); otherwise they are taken from x.
 
   BN (statistics of the whole full-resolution x) is a per-channel affine map
   and ReLU is monotone, so both commute with a 2x2 max: where a channel's
@@ -262,7 +329,7 @@ def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None):
   if scale_C is None:
     pooled = max_pool2x2(x_NxHxWxC)
     return nn.relu(pooled if bias_C is None else pooled + bias_C)
-  mean_C, var_C = _moments(x_NxHxWxC)
+  mean_C, var_C = _moments(x_NxHxWxC) if moments is None else moments
   factor_C = jax.lax.rsqrt(var_C + eps) * scale_C
   # +1 or -1 per channel: which extreme of each window the affine map sends
   # to the max. A constant of the program, not a function to differentiate.
@@ -294,7 +361,10 @@ class ConvBlock(nn.Module):
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
     stride = 2 if self.downsample == "stride" else 1
-    h = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride)
+    if self.bn != "none" and stride == 1:
+      h, moments = conv3x3_moments(x_NxHxWxC, kernel, self.conv_impl, stride)
+    else:
+      h, moments = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride), None
     scale_C = shift_C = None
     if self.bn != "none":
       sets = self.bn_steps if self.bn == "per_step" else 1
@@ -311,7 +381,7 @@ class ConvBlock(nn.Module):
       else:
         scale_C, shift_C = scale[0], shift[0]
     if stride == 1:
-      return bn_relu_pool(h, scale_C, shift_C, bias_C=bias)
+      return bn_relu_pool(h, scale_C, shift_C, bias_C=bias, moments=moments)
     h = h + bias
     return nn.relu(h if scale_C is None else batch_norm(h, scale_C, shift_C))
 

@@ -11,7 +11,8 @@ from metajax.algorithms import Algorithm, meta_gradient
 from metajax import winograd
 from metajax import models
 from metajax.models import (CONV_IMPLS, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_POSITIONS, ConvBlock,
-                            Conv4, _moments, batch_norm, bn_relu_pool, conv3x3, max_pool2x2)
+                            Conv4, _moments, _patch_moments, batch_norm, bn_relu_pool, conv3x3,
+                            max_pool2x2)
 from metajax.tasks.fewshot import Problem, synthetic_tasks
 
 
@@ -384,6 +385,62 @@ class BnReluPoolTest(chex.TestCase):
                                        np.float32)
     np.testing.assert_allclose(_moments(jnp.asarray(x32))[1],
                                np.var(x32.astype(np.float64), axis=(0, 1, 2)), rtol=1e-4)
+
+
+class PatchMomentsTest(chex.TestCase):
+  """_patch_moments: the batch statistics of y = patches @ kernel from the
+  patches, against numpy's mean and variance of y and against _moments of y
+  (itself checked against closed forms above) to second order."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_values_and_derivatives_to_second_order(self):
+    with jax.enable_x64(True):
+      p = jax.random.normal(jax.random.PRNGKey(5), (40, 9), jnp.float64) + 0.5
+      k = jax.random.normal(jax.random.PRNGKey(6), (9, 4), jnp.float64)
+      mean, var = self.variant(_patch_moments)(p, k)
+      y = np.asarray(p) @ np.asarray(k)
+      np.testing.assert_allclose(mean, y.mean(0), rtol=1e-12)
+      np.testing.assert_allclose(var, y.var(0), rtol=1e-12)
+      # A scalar of both statistics, as batch norm uses them.
+      w = jnp.arange(1.0, 5.0)
+      ours = lambda p, k: jnp.sum(w * jnp.sin(_patch_moments(p, k)[0]) / jnp.sqrt(
+          _patch_moments(p, k)[1] + 0.1))
+      ref = lambda p, k: jnp.sum(w * jnp.sin(_moments((p @ k)[None, None])[0]) / jnp.sqrt(
+          _moments((p @ k)[None, None])[1] + 0.1))
+      for order in (jax.grad, jax.hessian):
+        d = order(ours, argnums=(0, 1))
+        chex.assert_trees_all_close(self.variant(d)(p, k), order(ref, argnums=(0, 1))(p, k),
+                                    rtol=1e-9, atol=1e-12)
+      # Forward over reverse (iMAML's Hessian-vector products).
+      t = jax.random.normal(jax.random.PRNGKey(7), (9, 4), jnp.float64)
+      hvp = lambda f: lambda p, k, t: jax.jvp(lambda k: jax.grad(f, argnums=1)(p, k), (k,), (t,))[1]
+      np.testing.assert_allclose(self.variant(hvp(ours))(p, k, t), hvp(ref)(p, k, t), rtol=1e-9,
+                                 atol=1e-12)
+
+  def test_float32_variance_keeps_its_accuracy_far_from_zero_mean(self):
+    # Pixel-like patches around 100: the centred covariance keeps float32's
+    # accuracy where E[y^2] - E[y]^2 would lose it.
+    p64 = 100.0 + np.asarray(jax.random.normal(jax.random.PRNGKey(8), (4096, 9)), np.float64)
+    k64 = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (9, 16)), np.float64)
+    _, var = _patch_moments(jnp.asarray(p64, jnp.float32), jnp.asarray(k64, jnp.float32))
+    np.testing.assert_allclose(var, (p64 @ k64).var(0), rtol=1e-4)
+
+  def test_conv_block_takes_them_only_for_a_narrow_im2col_layer_under_bn(self):
+    calls = []
+    real = models._patch_moments
+    with pytest.MonkeyPatch.context() as mp:
+      mp.setattr(models, "_patch_moments", lambda *a: calls.append(1) or real(*a))
+      def used(c, impl, bn="transductive", downsample="max_pool"):
+        calls.clear()
+        block = ConvBlock(4, bn=bn, conv_impl=impl, downsample=downsample)
+        x = jnp.ones((2, 6, 6, c))
+        block.apply(block.init(jax.random.PRNGKey(0), x), x)
+        return bool(calls)
+      assert used(1, "im2col") and used(1, "winograd")
+      assert not used(models.PATCH_MOMENTS_BELOW_CHANNELS, "im2col")   # wider patches
+      assert not used(1, "xla") and not used(1, "shifted")
+      assert not used(1, "im2col", bn="none")
+      assert not used(1, "im2col", downsample="stride")
 
 
 def test_config_model_and_inner_loop_record_follow_the_config_keys():
