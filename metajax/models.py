@@ -38,9 +38,10 @@ WINOGRAD_MIN_POSITIONS = 2000
 IM2COL_TWO_STAGE_BELOW_CHANNELS = 16
 # Below this many input channels an im2col layer under batch norm takes its
 # output's batch statistics from the (N*H*W x 9C) patches (_patch_moments),
-# not from the (N*H*W x O) output: Omniglot's first layer (1 channel: 1-8%
-# faster CPU meta-steps), not mini-ImageNet's (3 channels: the 27x27
-# covariance cost more than it saved; docs/RESULTS.md).
+# not from the (N*H*W x O) output: Omniglot's first layer (1 channel:
+# second-order MAML steps 2-8% faster on CPU, first order within noise), not
+# mini-ImageNet's (3 channels: the 27x27 covariance cost more than it saved;
+# docs/RESULTS.md).
 PATCH_MOMENTS_BELOW_CHANNELS = 2
 BN_MODES = ("transductive", "per_step", "none")
 
@@ -108,10 +109,13 @@ def _form(x_NxHxWxC, kernel_3x3xCxO, impl, stride):
 def conv3x3_moments(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
   """conv3x3 -> (y_NxHxWxO, moments), moments = (mean_O, var_O) of y over
   batch and positions where they come cheaper from im2col's patches
-  (_patch_moments: stride 1, fewer than PATCH_MOMENTS_BELOW_CHANNELS input
-  channels), else None (the caller takes them from y)."""
+  (_patch_moments: the im2col form, stride 1, fewer than
+  PATCH_MOMENTS_BELOW_CHANNELS input channels, float32 or float64), else None
+  (the caller takes them from y). Not in 16-bit types: k^T S k cancels, and
+  with 3 significant digits the variance could lose them all."""
   c = x_NxHxWxC.shape[-1]
   if (stride != 1 or c >= PATCH_MOMENTS_BELOW_CHANNELS
+      or jnp.dtype(x_NxHxWxC.dtype).itemsize < 4
       or _form(x_NxHxWxC, kernel_3x3xCxO, impl, stride) != "im2col"):
     return conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl, stride), None
   patches_Px9C, kernel_9CxO, (n, h, w) = _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride)
@@ -141,9 +145,13 @@ def _patch_moments(patches_Px9C, kernel_9CxO):
   terms in y's gradient backward, become small products (docs/RESULTS.md,
   "Batch statistics from the patches"). S is taken about mu with mu's
   gradient stopped and corrected by (mu - c)(mu - c)ᵀ, which is 0 in value,
-  as _moments does for the variance: the centred products keep float32's
-  accuracy when the patches' mean is large against their spread. HIGHEST:
-  TPU matmuls would round these statistics to bfloat16.
+  as _moments does for the variance, so a large mean against the spread
+  costs no accuracy. k_oᵀ S k_o still cancels where the kernel sums to about
+  zero on smooth images: in float32 its relative error was up to ~6e-6
+  (stroke-like images, Laplacian kernel) against ~1e-7 from y itself, far
+  below batch norm's eps (tests/test_models.py). HIGHEST: TPU matmuls would
+  round these statistics to bfloat16 (there the statistics are those of the
+  exact product, y that of the default precision).
   """
   hi = jax.lax.Precision.HIGHEST
   mu_9C = jnp.mean(patches_Px9C, axis=0)

@@ -417,11 +417,25 @@ class PatchMomentsTest(chex.TestCase):
       np.testing.assert_allclose(self.variant(hvp(ours))(p, k, t), hvp(ref)(p, k, t), rtol=1e-9,
                                  atol=1e-12)
 
-  def test_float32_variance_keeps_its_accuracy_far_from_zero_mean(self):
-    # Pixel-like patches around 100: the centred covariance keeps float32's
-    # accuracy where E[y^2] - E[y]^2 would lose it.
+  def test_float32_variance_against_float64(self):
+    # Patches around 100: the centred covariance keeps float32's accuracy
+    # where E[y^2] - E[y]^2 would lose it.
     p64 = 100.0 + np.asarray(jax.random.normal(jax.random.PRNGKey(8), (4096, 9)), np.float64)
     k64 = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (9, 16)), np.float64)
+    _, var = _patch_moments(jnp.asarray(p64, jnp.float32), jnp.asarray(k64, jnp.float32))
+    np.testing.assert_allclose(var, (p64 @ k64).var(0), rtol=1e-4)
+    # The hard case for k^T S k: smooth, strongly correlated patches (blurred
+    # strokes on a white page, zero-padded) and kernels summing to ~0
+    # (Laplacian, Sobel), where the quadratic form cancels.
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:28, 0:28] / 28
+    lines = rng.uniform(-1, 1, (40, 3, 1, 1))
+    img = 1 - 0.9 * np.exp(-(lines[:, 0] * xx + lines[:, 1] * yy + lines[:, 2]) ** 2 / 0.5)
+    p64 = np.pad(img, ((0, 0), (1, 1), (1, 1)))
+    p64 = np.stack([p64[:, i:i + 28, j:j + 28] for i in range(3) for j in range(3)], -1)
+    p64 = p64.reshape(-1, 9)
+    lap = np.array([0, 1, 0, 1, -4, 1, 0, 1, 0.0])
+    k64 = np.stack([lap, [1, 0, -1, 2, 0, -2, 1, 0, -1.0], lap + 1e-3 * rng.normal(size=9)], 1)
     _, var = _patch_moments(jnp.asarray(p64, jnp.float32), jnp.asarray(k64, jnp.float32))
     np.testing.assert_allclose(var, (p64 @ k64).var(0), rtol=1e-4)
 
@@ -430,10 +444,10 @@ class PatchMomentsTest(chex.TestCase):
     real = models._patch_moments
     with pytest.MonkeyPatch.context() as mp:
       mp.setattr(models, "_patch_moments", lambda *a: calls.append(1) or real(*a))
-      def used(c, impl, bn="transductive", downsample="max_pool"):
+      def used(c, impl, bn="transductive", downsample="max_pool", dtype=jnp.float32):
         calls.clear()
         block = ConvBlock(4, bn=bn, conv_impl=impl, downsample=downsample)
-        x = jnp.ones((2, 6, 6, c))
+        x = jnp.ones((2, 6, 6, c), dtype)
         block.apply(block.init(jax.random.PRNGKey(0), x), x)
         return bool(calls)
       assert used(1, "im2col") and used(1, "winograd")
@@ -441,6 +455,22 @@ class PatchMomentsTest(chex.TestCase):
       assert not used(1, "xla") and not used(1, "shifted")
       assert not used(1, "im2col", bn="none")
       assert not used(1, "im2col", downsample="stride")
+      assert not used(1, "im2col", dtype=jnp.bfloat16)                 # 16-bit: from y
+
+  def test_second_order_meta_gradient_with_per_step_bn_and_an_odd_size(self):
+    # The path in a whole model: 1 channel, 17x17 images (odd: the pool drops
+    # a row and a column the statistics count), MAML++'s per-step BN, against
+    # XLA's convolution (statistics from y) in float64.
+    calls = []
+    real = models._patch_moments
+    with pytest.MonkeyPatch.context() as mp, jax.enable_x64(True):
+      mp.setattr(models, "_patch_moments", lambda *a: calls.append(1) or real(*a))
+      grad, _ = _float64_maml_gradient(("xla", "im2col"), (17, 17, 1), meta_batch=2, shots=1,
+                                       queries=2, filters=4, bn="per_step", bn_steps=2)
+      ref = grad("xla")
+      assert not calls
+      chex.assert_trees_all_close(grad("im2col"), ref, rtol=1e-9, atol=1e-12)
+      assert calls
 
 
 def test_config_model_and_inner_loop_record_follow_the_config_keys():
