@@ -15,7 +15,7 @@ from metajax.algorithms import (Algorithm, inner_lr, inner_mask, recorded_test_r
 from metajax.anil import head_of, on_features
 from metajax.imaml import proximal_loss
 from metajax.inner import inner_loop
-from metajax.sharding import to_host
+from metajax.sharding import host_tree, to_host
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -107,7 +107,10 @@ def adaptation_losses(algo: Algorithm, loss_fn, meta_params: dict, tasks: dict,
 
 
 def evaluate(config, algo: Algorithm, problem, meta_params: dict) -> dict:
-  """Post-adaptation query MSE for each K in eval_shots and 0..eval_max_steps."""
+  """Post-adaptation query MSE for each K in eval_shots and 0..eval_max_steps.
+  Runs on one device, from the parameters' host copy (not replicated over a
+  mesh, where every device would compute the same tasks)."""
+  meta_params = host_tree(meta_params)
   lr = None if config.eval_inner_lr < 0 else config.eval_inner_lr
   run = jax.jit(lambda mp, tasks: adaptation_losses(
       algo, problem.loss_fn, mp, tasks, steps=config.eval_max_steps, lr=lr))
@@ -138,7 +141,8 @@ def make_validator(config, algo: Algorithm, problem):
       algo, problem.loss_fn, mp, tasks, steps=config.inner_steps, last_only=True)[:, 0])
 
   def validate(meta_params) -> dict:
-    [mse], [ci], [diverged] = mean_ci95_per_step(to_host(run(meta_params))[:, None])
+    # On one device, as evaluate: from the parameters' host copy.
+    [mse], [ci], [diverged] = mean_ci95_per_step(to_host(run(host_tree(meta_params)))[:, None])
     if diverged:  # null, the count, and the lowest checkpoint rank
       return {"val_mse": None, "val_ci95": None, "val_diverged_tasks": diverged,
               "score": -np.inf}

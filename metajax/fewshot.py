@@ -96,6 +96,9 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
                              else None)
 
   def evaluate(meta_params, images, num_tasks: int) -> np.ndarray:
+    # On one device (images: sharding.on_one_device), from the parameters'
+    # host copy, not replicated over the training mesh.
+    meta_params = sharding.host_tree(meta_params)
     base = jax.random.PRNGKey(config.eval_seed)
     return np.concatenate([
         sharding.to_host(batch_accuracy(meta_params, images, jax.random.fold_in(base, b)))
@@ -166,7 +169,6 @@ def setup(config, image_shape, train_images=None, training: bool = True) -> Setu
 def run_test(config, s: Setup, state, test_images) -> dict:
   """Scores `state`'s parameters on the config's fixed test episodes; returns
   what eval.json records about the test (protocol, model, accuracy per step)."""
-  chosen = sharding.host_tree(state.adaptation_params())
   algo = s.algo
   test_steps = 0 if algo.name == "protonet" else config.eval_max_steps
   # Columns of the accuracy: every step 0..test_steps, or (test_every_step=False)
@@ -175,7 +177,8 @@ def run_test(config, s: Setup, state, test_images) -> dict:
   evaluate = make_evaluator(config, algo, s.problem, s.mean, s.std,
                             last_only=not config.test_every_step)
   t0 = time.perf_counter()
-  acc = summarize(evaluate(chosen, sharding.on_one_device(test_images), config.eval_tasks))
+  acc = summarize(evaluate(state.adaptation_params(), sharding.on_one_device(test_images),
+                           config.eval_tasks))
   test_s = time.perf_counter() - t0
   result = {
       "metric": "accuracy", "split": "test", "dataset": config.task,
@@ -239,8 +242,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
   val_on_device = None if val_images is None else sharding.on_one_device(val_images)
 
   def validate(state):
-    params = sharding.host_tree(state.adaptation_params())
-    return validation_row(evaluate_last(params, val_on_device, config.val_tasks)[:, -1])
+    return validation_row(
+        evaluate_last(state.adaptation_params(), val_on_device, config.val_tasks)[:, -1])
 
   checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
                             keep=config.keep_checkpoints)

@@ -83,7 +83,7 @@ def _prepare(config, split: str):
   from metajax.train import sinusoid_setup
   algo, problem, _, _, template = sinusoid_setup(config, training=False)
   return template, lambda state: dict(
-      evaluate(config, algo, problem, sharding.host_tree(state.adaptation_params())),
+      evaluate(config, algo, problem, state.adaptation_params()),
       algorithm=config.algorithm)
 
 

@@ -195,12 +195,11 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> dict:
                             keep=config.keep_checkpoints)
   state, stats = loop.run(
       config, state, meta_step, workdir, checkpoints,
-      # On one device (sharding.on_one_device), from the parameters' host copy.
-      on_boundary=validate and (lambda s: validate(sharding.host_tree(s.adaptation_params()))),
+      on_boundary=validate and (lambda s: validate(s.adaptation_params())),
       progress=progress, desc=f"{config.algorithm} K={config.k_shot}")
   checkpoints.close()
 
-  meta_params = sharding.host_tree(state.adaptation_params())
+  meta_params = sharding.host_tree(state.adaptation_params())  # also for the plot below
   result = evaluate(config, algo, problem, meta_params)
   result.update({
       "algorithm": config.algorithm, "first_order": algo.first_order,
