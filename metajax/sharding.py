@@ -77,13 +77,12 @@ def auto_cpu_devices(config, *, distributed: bool = False, cores: Optional[int] 
                      xla_flags: Optional[str] = None) -> int:
   """What `cpu_devices=0` (auto) sets: 2 for a task of AUTO_CPU_DEVICE_TASKS
   whose meta-batch (and task_chunk) splits over 2, on a host with >= 2 cores
-  (the CPUs this process may run on; a container's CPU quota is not seen),
-  where nothing else chose the devices (one process; num_devices 0 or 2; no
-  device count in XLA_FLAGS or JAX_NUM_CPU_DEVICES); else 0 (JAX's default,
-  one CPU device). On a GPU or TPU host the CPU devices go unused."""
+  (`host_cores`: the CPUs this process may run on, within a container's CPU
+  quota), where nothing else chose the devices (one process; num_devices 0
+  or 2; no device count in XLA_FLAGS or JAX_NUM_CPU_DEVICES); else 0 (JAX's
+  default, one CPU device). On a GPU or TPU host the CPU devices go unused."""
   if cores is None:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
+    cores = host_cores()
   if xla_flags is None:
     xla_flags = os.environ.get("XLA_FLAGS", "")
   if (distributed or cores < 2 or "xla_force_host_platform_device_count" in xla_flags
@@ -94,6 +93,44 @@ def auto_cpu_devices(config, *, distributed: bool = False, cores: Optional[int] 
                      config.get("batching", "auto"))):
     return 0
   return 2
+
+
+def host_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+  """Whole cores this process may use: the CPUs it may run on (affinity),
+  capped by its cgroup's CPU quota where one is set (a container given 2 CPUs
+  on a 64-core host: 2). A quota of 1.5 CPUs counts as 1: two busy streams
+  would be throttled. Reads cgroup v2's cpu.max, else v1's cpu.cfs_quota_us
+  and cpu.cfs_period_us; unreadable or unlimited means no cap."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count() or 1)
+  quota = cgroup_cpu_quota(cgroup_root)
+  return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def cgroup_cpu_quota(cgroup_root: str = "/sys/fs/cgroup") -> Optional[float]:
+  """The cgroup CPU quota in CPUs (quota / period), or None where there is
+  none or it cannot be read."""
+  def read(name):
+    try:
+      with open(os.path.join(cgroup_root, name)) as f:
+        return f.read().split()
+    except OSError:
+      return None
+  v2 = read("cpu.max")                       # "max 100000" or "200000 100000"
+  if v2 is not None:
+    pairs = [v2] if len(v2) == 2 else []
+  else:                                      # v1: a quota of -1 means none
+    pairs = [(read(f"{d}/cpu.cfs_quota_us"), read(f"{d}/cpu.cfs_period_us"))
+             for d in ("cpu", "cpu,cpuacct")]
+    pairs = [(q[0], p[0]) for q, p in pairs if q and p]
+  for quota, period in pairs:
+    try:
+      quota, period = int(quota), int(period)
+    except ValueError:
+      continue
+    if quota > 0 and period > 0:
+      return quota / period
+  return None
 
 
 def start_cpu_devices(config, *, distributed: bool = False, required: bool = True) -> None:

@@ -96,6 +96,27 @@ def test_auto_cpu_devices_splits_omniglot_runs_in_two():
   assert auto(c) == 2
 
 
+def test_host_cores_takes_the_cgroup_cpu_quota(tmp_path):
+  affinity = sharding.host_cores(str(tmp_path / "none"))
+  def cores(files):
+    root = tmp_path / str(len(list(tmp_path.iterdir())))
+    for name, text in files.items():
+      (root / name).parent.mkdir(parents=True, exist_ok=True)
+      (root / name).write_text(text)
+    return sharding.cgroup_cpu_quota(str(root)), sharding.host_cores(str(root))
+  assert cores({}) == (None, affinity)                                   # no cgroup files
+  assert cores({"cpu.max": "max 100000\n"}) == (None, affinity)         # v2, unlimited
+  assert cores({"cpu.max": "100000 100000\n"}) == (1.0, 1)              # v2, 1 CPU
+  assert cores({"cpu.max": "150000 100000\n"}) == (1.5, 1)              # throttled at 1.5
+  assert cores({"cpu.max": "6400000 100000\n"}) == (64.0, min(affinity, 64))  # the quota caps
+  v1 = lambda q: {"cpu/cpu.cfs_quota_us": q, "cpu/cpu.cfs_period_us": "100000\n"}
+  assert cores(v1("-1\n")) == (None, affinity)
+  assert cores(v1("50000\n")) == (0.5, 1)
+  assert cores({"cpu,cpuacct/cpu.cfs_quota_us": "100000",
+                "cpu,cpuacct/cpu.cfs_period_us": "100000"}) == (1.0, 1)
+  assert cores({"cpu.max": "garbage\n"}) == (None, affinity)
+
+
 def _sine(meta_batch=16):
   config = config_lib.sinusoid_base()
   config.meta_batch = meta_batch
