@@ -43,14 +43,14 @@ from metajax.sharding import to_host
 RESUMABLE_KEYS = frozenset({
     "num_steps", "steps_per_call", "log_every", "eval_every", "checkpoint_every",
     "keep_checkpoints", "plots", "data_dir", "manual_dir", "eval_tasks", "eval_shots",
-    "on_nan", "param_sharding", "test_every_step", "cpu_devices",
+    "on_nan", "param_sharding", "test_every_step", "cpu_devices", "eval_batch",
 })
 # The keys `python -m metajax.retest` may change: test-time only.
 TEST_KEYS = ("eval_max_steps", "eval_inner_lr", "eval_query", "eval_tasks", "eval_batch",
              "eval_seed", "eval_shots", "imaml_eval_lam", "test_every_step", "data_dir",
              "manual_dir", "num_devices")
-# Not resumable although they only evaluate: val_tasks, eval_batch (which
-# episodes), eval_max_steps, eval_inner_lr, eval_query set the validation score
+# Not resumable although they only evaluate: val_tasks, eval_max_steps,
+# eval_inner_lr and eval_query set the validation score
 # that ranks checkpoints, and scores of two protocols cannot be compared (the
 # sinusoid's validation uses neither eval_max_steps nor eval_inner_lr, so a
 # sinusoid run may change those two; resume_changes).

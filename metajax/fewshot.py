@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metajax import loop, sharding
@@ -27,7 +28,8 @@ from metajax.checkpoint import Checkpoints
 from metajax.evaluate import adaptation_losses, mean_ci95_per_step
 from metajax.protonet import episode_accuracy, episode_loss
 from metajax.step import initial_state, make_meta_step, make_outer_optimizer
-from metajax.tasks.episodes import channel_stats, check_episode_shape, sample_episodes
+from metajax.tasks.episodes import (channel_stats, check_episode_shape, episodes_from_keys,
+                                    sample_episodes)
 from metajax.tasks.fewshot import Problem
 
 
@@ -73,17 +75,18 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
   or with `last_only` accuracy_Bx1 after eval_max_steps only (validation: the
   per-step query passes it skips cost more than the adaptation itself).
 
-  Episode batch b uses key fold_in(PRNGKey(eval_seed), b): the episodes depend
-  only on the seed, the split, N/K/Q and eval_batch (the episodes per key),
-  never on the model, the algorithm or the run.
+  Episode i is drawn from key fold_in(PRNGKey(eval_seed), i): the episodes
+  depend only on the seed, the split and N/K/Q, never on the model, the
+  algorithm, the run or eval_batch (how many run in one jitted call).
   """
   lr = None if config.eval_inner_lr < 0 else config.eval_inner_lr
+  base = jax.random.PRNGKey(config.eval_seed)
 
   @jax.jit
-  def batch_accuracy(meta_params, images, key):
-    tasks = sample_episodes(key, images, meta_batch=config.eval_batch, ways=config.ways,
-                            shots=config.k_shot, queries=config.eval_query,
-                            mean=mean, std=std)
+  def batch_accuracy(meta_params, images, first):
+    keys = jax.vmap(partial(jax.random.fold_in, base))(first + jnp.arange(config.eval_batch))
+    tasks = episodes_from_keys(keys, images, ways=config.ways, shots=config.k_shot,
+                               queries=config.eval_query, mean=mean, std=std)
     if algo.name == "protonet":  # no adaptation: one column, "0 steps"
       acc = lambda task: episode_accuracy(problem.embed, meta_params["params"], task,
                                           config.ways)
@@ -99,10 +102,9 @@ def make_evaluator(config, algo: Algorithm, problem: Problem, mean, std, *,
     # On one device (images: sharding.on_one_device), from the parameters'
     # host copy, not replicated over the training mesh.
     meta_params = sharding.host_tree(meta_params)
-    base = jax.random.PRNGKey(config.eval_seed)
     return np.concatenate([
-        sharding.to_host(batch_accuracy(meta_params, images, jax.random.fold_in(base, b)))
-        for b in range(num_tasks // config.eval_batch)])
+        sharding.to_host(batch_accuracy(meta_params, images, first))
+        for first in range(0, num_tasks, config.eval_batch)])
 
   return evaluate
 

@@ -12,7 +12,7 @@ import pytest
 from metajax import config as config_lib
 from metajax import fewshot
 from metajax.tasks.episodes import (EpisodeError, channel_stats, check_episode_shape,
-                                    sample_episodes)
+                                    episodes_from_keys, sample_episodes)
 from metajax.train import main, train_and_evaluate
 
 C, M, H = 12, 9, 4
@@ -198,18 +198,36 @@ def test_evaluation_episodes_are_fixed_by_the_seed(synthetic_data):
   assert not np.array_equal(a, other)
 
 
+def test_evaluation_episodes_do_not_depend_on_eval_batch(synthetic_data):
+  # Episode i comes from its own key, so 1 or 8 per jitted call score the
+  # same 8 episodes, each with the same accuracy (up to rounding in the model's
+  # batched ops; the accuracies are counts over 25 query images).
+  from metajax.tasks.fewshot import Problem
+  problem = Problem(ways=5, filters=8, image_shape=(16, 16, 1), conv_impl="im2col")
+  images = jnp.asarray(synthetic_data["test"])
+  mp = {"params": problem.init_params(jax.random.PRNGKey(0)), "inner_lr": None}
+  acc = {}
+  for eval_batch in (1, 8):
+    config = tiny_fewshot(eval_batch=eval_batch)
+    evaluate = fewshot.make_evaluator(config, fewshot.algorithm(config), problem, None, None)
+    acc[eval_batch] = evaluate(mp, images, 8)
+  assert acc[1].shape == (8, config.eval_max_steps + 1)
+  assert len({tuple(row) for row in acc[1]}) > 1  # episodes differ: a reordering would show
+  np.testing.assert_allclose(acc[8], acc[1], atol=1e-6)
+
+
 def test_every_model_and_algorithm_sees_the_same_evaluation_episodes(monkeypatch):
   """The episodes an evaluator draws are recorded and compared across models
   (two initialisations), algorithms (MAML and ProtoNet) and evaluators, and
-  against episodes drawn here from fold_in(PRNGKey(eval_seed), b)."""
+  against episode i drawn here alone from fold_in(PRNGKey(eval_seed), i)."""
   seen = []
 
-  def recording(key, images, **kw):
-    tasks = sample_episodes(key, images, **kw)
+  def recording(keys, images, **kw):
+    tasks = episodes_from_keys(keys, images, **kw)
     jax.debug.callback(lambda t: seen.append(jax.tree.map(np.asarray, t)), tasks)
     return tasks
 
-  monkeypatch.setattr(fewshot, "sample_episodes", recording)
+  monkeypatch.setattr(fewshot, "episodes_from_keys", recording)
   from metajax.tasks.fewshot import Problem
   images = jnp.asarray(id_images())
   runs = []
@@ -223,13 +241,14 @@ def test_every_model_and_algorithm_sees_the_same_evaluation_episodes(monkeypatch
     fewshot.make_evaluator(config, algo, problem, None, None)(mp, images, 8)
     runs.append(list(seen))
   base = jax.random.PRNGKey(tiny_fewshot().eval_seed)
-  expected = [jax.tree.map(np.asarray, sample_episodes(
-      jax.random.fold_in(base, b), images, meta_batch=4, ways=5, shots=1, queries=5))
-      for b in range(2)]
+  alone = [jax.tree.map(lambda a: np.asarray(a)[0], episodes_from_keys(
+      jax.random.fold_in(base, i)[None], images, ways=5, shots=1, queries=5))
+      for i in range(8)]
   for run in runs:
-    assert len(run) == 2
-    for got, want in zip(run, expected):
-      jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert len(run) == 2                               # 2 calls of eval_batch 4
+    for b, got in enumerate(run):
+      for j in range(4):
+        jax.tree.map(lambda g, w: np.testing.assert_array_equal(g[j], w), got, alone[4 * b + j])
 
 
 @pytest.mark.parametrize("algorithm,extra", [

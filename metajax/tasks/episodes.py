@@ -70,15 +70,25 @@ def sample_episode(key, images_CxMxHxWxc, *, ways: int, shots: int, queries: int
 def sample_episodes(key, images_CxMxHxWxc, *, meta_batch: int, ways: int,
                     shots: int, queries: int, mean=None, std=None,
                     shuffle_support: bool = False) -> dict:
-  """A meta-batch of B episodes as float32 model inputs.
+  """A meta-batch of B episodes as float32 model inputs, from one key.
 
   Returns {"support": (x_BxNKxHxWxc, y_BxNK), "query": (x_BxNQxHxWxc, y_BxNQ)},
   the task format of `metajax.algorithms.meta_gradient`.
   """
+  return episodes_from_keys(jax.random.split(key, meta_batch), images_CxMxHxWxc,
+                            ways=ways, shots=shots, queries=queries, mean=mean, std=std,
+                            shuffle_support=shuffle_support)
+
+
+def episodes_from_keys(keys_B, images_CxMxHxWxc, *, ways: int, shots: int, queries: int,
+                       mean=None, std=None, shuffle_support: bool = False) -> dict:
+  """sample_episodes with one key per episode (keys_B: B keys), so an episode
+  does not depend on how many are drawn with it (evaluation: episode i of the
+  test is the same whatever eval_batch)."""
   check_episode_shape(images_CxMxHxWxc.shape, ways=ways, shots=shots, queries=queries)
   one = lambda k: sample_episode(k, images_CxMxHxWxc, ways=ways, shots=shots,
                                  queries=queries, shuffle_support=shuffle_support)
-  (xs, ys), (xq, yq) = jax.vmap(one)(jax.random.split(key, meta_batch))
+  (xs, ys), (xq, yq) = jax.vmap(one)(keys_B)
   return {"support": (to_float(xs, mean, std), ys),
           "query": (to_float(xq, mean, std), yq)}
 
