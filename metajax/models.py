@@ -369,7 +369,7 @@ class ConvBlock(nn.Module):
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
     stride = 2 if self.downsample == "stride" else 1
-    if self.bn != "none" and stride == 1:
+    if self.bn != "none":  # conv3x3_moments decides where the patches give them
       h, moments = conv3x3_moments(x_NxHxWxC, kernel, self.conv_impl, stride)
     else:
       h, moments = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride), None
