@@ -311,7 +311,17 @@ def _moments(x_NxHxWxC):
   return mean_C, var_C
 
 
-def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None, moments=None):
+def pool_sign(scale_C, dtype):
+  """+1 or -1 per channel: the sign of batch norm's factor scale/sigma, which
+  is the sign of the scale (sigma > 0; a zero scale counts as +1). It says
+  which extreme of each 2x2 window the affine map sends to the max
+  (bn_relu_pool). A constant of the program, not a function to differentiate,
+  and known before the convolution: the statistics do not enter it."""
+  return jax.lax.stop_gradient(jnp.where(scale_C >= 0, 1, -1).astype(dtype))
+
+
+def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None, moments=None,
+                 sign_C=None):
   """max_pool2x2(relu(batch_norm(x + bias))), or max_pool2x2(relu(x + bias))
   without BN, with the pool taken first: (N, H, W, C) -> (N, H//2, W//2, C).
 
@@ -333,16 +343,26 @@ def bn_relu_pool(x_NxHxWxC, scale_C=None, shift_C=None, eps=1e-5, bias_C=None, m
   backward pass, only x and the pool's argmax (docs/RESULTS.md, "Max-pool
   before batch norm": 23-27% less XLA temp memory for second-order MAML on
   the three benchmark configs, the same time or a little less).
+
+  sign_C: where given (pool_sign(scale_C)), x is already the signed map
+  sign_C * x, the caller's convolution with its kernel's output channels
+  multiplied by it (exact: a sign flip), and moments, if given, are that
+  map's. Why: the multiply by the sign then sits on the small kernel
+  gradient instead of on the full-resolution output gradient, where XLA
+  cannot fuse it into the kernel-gradient product (ConvBlock; docs/RESULTS.md,
+  "The pool's sign in the kernel").
   """
   if scale_C is None:
     pooled = max_pool2x2(x_NxHxWxC)
     return nn.relu(pooled if bias_C is None else pooled + bias_C)
   mean_C, var_C = _moments(x_NxHxWxC) if moments is None else moments
   factor_C = jax.lax.rsqrt(var_C + eps) * scale_C
-  # +1 or -1 per channel: which extreme of each window the affine map sends
-  # to the max. A constant of the program, not a function to differentiate.
-  sign_C = jax.lax.stop_gradient(jnp.where(factor_C >= 0, 1, -1).astype(x_NxHxWxC.dtype))
-  extreme = max_pool2x2(x_NxHxWxC * sign_C) * sign_C
+  if sign_C is None:
+    sign_C = pool_sign(scale_C, x_NxHxWxC.dtype)
+    extreme = max_pool2x2(x_NxHxWxC * sign_C) * sign_C
+  else:                             # x and its moments are sign_C * (the map)
+    extreme = max_pool2x2(x_NxHxWxC) * sign_C
+    mean_C = mean_C * sign_C
   if bias_C is not None:
     extreme, mean_C = extreme + bias_C, mean_C + bias_C
   return nn.relu((extreme - mean_C) * factor_C + shift_C)
@@ -369,11 +389,7 @@ class ConvBlock(nn.Module):
     if self.downsample not in DOWNSAMPLES:
       raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {self.downsample!r}")
     stride = 2 if self.downsample == "stride" else 1
-    if self.bn != "none":  # conv3x3_moments decides where the patches give them
-      h, moments = conv3x3_moments(x_NxHxWxC, kernel, self.conv_impl, stride)
-    else:
-      h, moments = conv3x3(x_NxHxWxC, kernel, self.conv_impl, stride), None
-    scale_C = shift_C = None
+    scale_C = shift_C = sign_C = None
     if self.bn != "none":
       sets = self.bn_steps if self.bn == "per_step" else 1
       scale = self.param("bn_scale", nn.initializers.ones, (sets, self.filters))
@@ -388,8 +404,19 @@ class ConvBlock(nn.Module):
         scale_C, shift_C = (onehot_Sx1 * scale).sum(0), (onehot_Sx1 * shift).sum(0)
       else:
         scale_C, shift_C = scale[0], shift[0]
+      if stride == 1 and _form(x_NxHxWxC, kernel, self.conv_impl, stride) == "im2col":
+        # The pool's sign in the kernel (bn_relu_pool's sign_C): im2col's
+        # kernel gradient is one product with the output gradient, and the
+        # multiply by the sign would be a full-resolution pass before it.
+        # Winograd's output-gradient transform already fuses that multiply.
+        sign_C = pool_sign(scale_C, kernel.dtype)
+    signed_kernel = kernel if sign_C is None else kernel * sign_C
+    if self.bn != "none":  # conv3x3_moments decides where the patches give them
+      h, moments = conv3x3_moments(x_NxHxWxC, signed_kernel, self.conv_impl, stride)
+    else:
+      h, moments = conv3x3(x_NxHxWxC, signed_kernel, self.conv_impl, stride), None
     if stride == 1:
-      return bn_relu_pool(h, scale_C, shift_C, bias_C=bias, moments=moments)
+      return bn_relu_pool(h, scale_C, shift_C, bias_C=bias, moments=moments, sign_C=sign_C)
     h = h + bias
     return nn.relu(h if scale_C is None else batch_norm(h, scale_C, shift_C))
 

@@ -387,6 +387,49 @@ class BnReluPoolTest(chex.TestCase):
                                np.var(x32.astype(np.float64), axis=(0, 1, 2)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("conv_impl,shape", [
+    ("im2col", (3, 7, 6, 1)),     # statistics from the patches (1 channel)
+    ("im2col", (3, 7, 6, 3)),     # statistics from the output
+    ("winograd", (56, 6, 6, WINOGRAD_MIN_CHANNELS)),   # enough positions for its form
+    ("xla", (3, 7, 6, 2))])
+def test_conv_block_matches_the_papers_order_to_second_order(conv_impl, shape):
+  """A ConvBlock under batch norm (its pool taken first, the sign of each BN
+  scale folded into the kernel's output channels) against the papers' order
+  written with XLA's convolution, batch norm, ReLU and reduce_window's pool,
+  differentiated by JAX: values, gradients w.r.t. the input and every
+  parameter, and the derivative of the gradient's norm (MAML's second order),
+  with BN scales of both signs, in float64."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(20), shape, jnp.float64)
+    block = ConvBlock(4, conv_impl=conv_impl)
+    keys = iter(jax.random.split(jax.random.PRNGKey(21), 8))
+    params = jax.tree.map(lambda v: jax.random.normal(next(keys), v.shape, jnp.float64),
+                          block.init(jax.random.PRNGKey(0), x[:1])["params"])
+    params["bn_scale"] = jnp.array([[0.8, -1.3, 2.0, -0.4]])
+    ours = lambda x, p: block.apply({"params": p}, x)
+
+    def ref(x, p):
+      h = jax.lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+      return _pool_ref(jnp.maximum(_bn_ref(h, p["bn_scale"][0], p["bn_bias"][0]), 0))
+
+    weights = jnp.cos(jnp.arange(np.prod(ref(x, params).shape[1:]), dtype=jnp.float64))
+    loss = lambda fn, x, p: jnp.sum(jnp.sin(fn(x, p)) * weights.reshape(ref(x, p).shape[1:]))
+    chex.assert_trees_all_close(ours(x, params), ref(x, params), rtol=1e-10, atol=1e-12)
+    grad = lambda fn: jax.grad(loss, argnums=(1, 2))(fn, x, params)
+    chex.assert_trees_all_close(grad(ours), grad(ref), rtol=1e-9, atol=1e-11)
+
+    def second(fn):
+      def inner_norm(x, p):
+        g = jax.grad(loss, argnums=2)(fn, x, p)
+        return sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g))
+      return jax.grad(inner_norm, argnums=(0, 1))(x, params)
+    second_ref = second(ref)
+    chex.assert_trees_all_close(jax.jit(lambda: second(ours))(), second_ref, rtol=1e-8,
+                                atol=1e-10)
+    assert np.count_nonzero(second_ref[1]["kernel"]) == second_ref[1]["kernel"].size
+
+
 class PatchMomentsTest(chex.TestCase):
   """_patch_moments: the batch statistics of y = patches @ kernel from the
   patches, against numpy's mean and variance of y and against _moments of y
