@@ -16,8 +16,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-# G (4x3): the kernel transform. Bᵀ and Aᵀ are written out in _b_t and _a_t.
+# G (4x3): the kernel transform, written out in _g as Bᵀ and Aᵀ are in _b_t
+# and _a_t.
 G_4x3 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def _g(k, axis):
+  """G along `axis` (size 3): the rows (k0, (k0 + k1 + k2)/2, (k0 - k1 + k2)/2,
+  k2) on a new leading axis. Adds and halvings, not a matmul with G: as an
+  einsum XLA's CPU backend ran the 3x3xCxO -> 4x4xCxO transform and its
+  adjoint as small matrix products, ~3% of an Omniglot MAML step
+  (docs/RESULTS.md), and a TPU would round its operands to bfloat16."""
+  k0, k1, k2 = (jnp.squeeze(p, axis) for p in jax.lax.split(k, (1, 1, 1), axis=axis))
+  even, odd = 0.5 * (k0 + k2), 0.5 * k1
+  return jnp.stack((k0, even + odd, even - odd, k2))
 
 
 def _b_t(x, axis):
@@ -56,12 +68,8 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO):
   th, tw = (h + 1) // 2, (w + 1) // 2                     # tiles along H / W
   xp = jnp.pad(x_NxHxWxC, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
   v = _b_t(_b_t(xp, 1), 3)                      # (4 [W offset], 4 [H offset], N, th, tw, C)
-  g_4x3 = jnp.asarray(G_4x3, kernel_3x3xCxO.dtype)
-  # G k Gᵀ with the W offset first, as in v. HIGHEST: TPU matmuls would round the
-  # kernel to bfloat16 here (the product below runs at the backend's default
-  # precision, as im2col's does).
-  u_16xCxO = jnp.einsum("ai,bj,ijco->baco", g_4x3, g_4x3, kernel_3x3xCxO,
-                        precision=jax.lax.Precision.HIGHEST).reshape(16, c, o)
+  # G k Gᵀ with the W offset first, as in v: (4 [W offset], 4 [H offset], C, O).
+  u_16xCxO = _g(_g(kernel_3x3xCxO, 0), 1).reshape(16, c, o)
   m = jax.lax.dot_general(v.reshape(16, n * th * tw, c), u_16xCxO,
                           (((2,), (1,)), ((0,), (0,))))
   cols = _a_t(m.reshape(4, 4, n, th, tw, o))              # 2 [W offset] x (4, N, th, tw, O)

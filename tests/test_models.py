@@ -145,6 +145,16 @@ def test_winograd_conv_matches_direct_loops_for_even_and_odd_sizes():
                                  rtol=1e-12, atol=1e-12, err_msg=str(hw))
 
 
+def test_winograd_kernel_transform_is_g_k_g_transposed():
+  # Written out as adds and halvings; against the matrices of Lavin & Gray
+  # (G, 4x3) in numpy: G k Gᵀ per (input, output) channel pair, W offset first.
+  with jax.enable_x64(True):
+    k = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 5, 7), jnp.float64)
+    g = np.array(winograd.G_4x3)
+    want = np.einsum("ai,bj,ijco->baco", g, g, np.asarray(k))
+    np.testing.assert_allclose(winograd._g(winograd._g(k, 0), 1), want, rtol=1e-14, atol=1e-15)
+
+
 def test_winograd_and_few_channel_im2col_derivatives_match_xla_conv_to_second_order():
   # MAML differentiates the inner gradient again (reverse over reverse); iMAML
   # takes Hessian-vector products forward over reverse. Both against XLA's conv,
