@@ -407,8 +407,10 @@ class ConvBlock(nn.Module):
       if stride == 1 and _form(x_NxHxWxC, kernel, self.conv_impl, stride) == "im2col":
         # The pool's sign in the kernel (bn_relu_pool's sign_C): im2col's
         # kernel gradient is one product with the output gradient, and the
-        # multiply by the sign would be a full-resolution pass before it.
-        # Winograd's output-gradient transform already fuses that multiply.
+        # multiply by the sign would be a full-resolution pass before it. In
+        # Winograd's layers it fuses into the output transform's adjoint, and
+        # folding it there too was no faster (docs/RESULTS.md, "The pool's
+        # sign in the kernel").
         sign_C = pool_sign(scale_C, kernel.dtype)
     signed_kernel = kernel if sign_C is None else kernel * sign_C
     if self.bn != "none":  # conv3x3_moments decides where the patches give them
