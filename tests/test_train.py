@@ -299,6 +299,7 @@ def test_the_cli_sets_cpu_devices_before_training(tmp_path, monkeypatch):
                       lambda n, required=True: calls.append((n, required)))
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
   monkeypatch.setattr(os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(sharding, "cgroup_cpu_quota", lambda *a, **k: None)  # no container cap
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setattr(train, "initialize_distributed", lambda launch: None)
   def stop(config, workdir, progress=True):
@@ -322,7 +323,8 @@ def test_auto_cpu_devices_in_a_fresh_process(tmp_path, file, env, devices):
   """The CLI's order: cpu_devices is applied before anything starts JAX."""
   script = ("import os, sys, jax\n"
             "os.sched_getaffinity = lambda pid: {0, 1}\n"
-            "from metajax import train\n"
+            "from metajax import sharding, train\n"
+            "sharding.cgroup_cpu_quota = lambda *a, **k: None\n"   # no container cap
             "def report(config, workdir, progress=True):\n"
             "  print('cpu devices', len(jax.devices('cpu')), flush=True)\n"
             "  sys.exit(0)\n"
