@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metajax import tn_product
+
 PyTree = Any
 Batch = Any  # usually (x, y)
 LossFn = Callable[[PyTree, Batch], jax.Array]
@@ -205,8 +207,7 @@ def inner_loop(
 
   mode = remat_mode(remat, first_order=first_order, steps=steps, observes=observe is not None)
   if mode != "off":
-    step = jax.checkpoint(
-        step, policy=jax.checkpoint_policies.dots_saveable if mode == "dots" else None)
+    step = jax.checkpoint(step, policy=tn_product.dots_saveable if mode == "dots" else None)
   carry = (adapted0, opt_state0)
   if unroll or steps == 0:
     seen_list = []

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metajax import winograd
+from metajax import tn_product, winograd
 
 class MLP(nn.Module):
   """MLP with ReLU: x_NxD -> y_NxO (MAML's sinusoid net is 1-40-40-1)."""
@@ -83,7 +83,7 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 1):
     return _every_other(out) if stride == 2 else out
   if impl == "im2col":
     patches_Px9C, kernel_9CxO, (n, h, w) = _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride)
-    out = patches_Px9C @ kernel_9CxO
+    out = _product(patches_Px9C, kernel_9CxO)
   elif impl == "shifted":
     views = _views(x_NxHxWxC, stride)
     n, h, w, _ = views[0].shape
@@ -119,8 +119,14 @@ def conv3x3_moments(x_NxHxWxC, kernel_3x3xCxO, impl: str = "xla", stride: int = 
       or _form(x_NxHxWxC, kernel_3x3xCxO, impl, stride) != "im2col"):
     return conv3x3(x_NxHxWxC, kernel_3x3xCxO, impl, stride), None
   patches_Px9C, kernel_9CxO, (n, h, w) = _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride)
-  y_NxHxWxO = (patches_Px9C @ kernel_9CxO).reshape(n, h, w, -1)
+  y_NxHxWxO = _product(patches_Px9C, kernel_9CxO).reshape(n, h, w, -1)
   return y_NxHxWxO, _patch_moments(patches_Px9C, kernel_9CxO)
+
+
+def _product(patches_Px9C, kernel_9CxO):
+  """patches @ kernel, with the kernel gradient (patchesᵀ @ output gradient,
+  contracted over the P positions) in tn_product's CPU kernel."""
+  return tn_product.matmul(patches_Px9C[None], kernel_9CxO[None])[0]
 
 
 def _im2col_operands(x_NxHxWxC, kernel_3x3xCxO, stride):

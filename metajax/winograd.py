@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from metajax import tn_product
+
 # G (4x3): the kernel transform, written out in _g as Bᵀ and Aᵀ are in _b_t
 # and _a_t.
 G_4x3 = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -70,8 +72,8 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO):
   v = _b_t(_b_t(xp, 1), 3)                      # (4 [W offset], 4 [H offset], N, th, tw, C)
   # G k Gᵀ with the W offset first, as in v: (4 [W offset], 4 [H offset], C, O).
   u_16xCxO = _g(_g(kernel_3x3xCxO, 0), 1).reshape(16, c, o)
-  m = jax.lax.dot_general(v.reshape(16, n * th * tw, c), u_16xCxO,
-                          (((2,), (1,)), ((0,), (0,))))
+  # Its kernel gradient (contracted over the tiles) is tn_product's CPU kernel.
+  m = tn_product.matmul(v.reshape(16, n * th * tw, c), u_16xCxO)
   cols = _a_t(m.reshape(4, 4, n, th, tw, o))              # 2 [W offset] x (4, N, th, tw, O)
   rows = [_a_t(col) for col in cols]                      # [W offset][H offset] (N, th, tw, O)
   y = jnp.stack([jnp.stack((rows[0][r], rows[1][r]), axis=3) for r in range(2)], axis=2)

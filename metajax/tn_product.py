@@ -1,0 +1,186 @@
+"""Batched products whose kernel gradient runs in a hand-written CPU kernel.
+
+A convolution written as products (im2col's patches @ kernel, Winograd's 16
+products) has its kernel gradient as aᵀ b contracted over the long axis of
+output positions: (P, R, C)ᵀ (P, R, O) -> (P, C, O). XLA's CPU backend runs
+that shape at a third of the rate of the forward product (a 64 x 64 output
+leaves its libraries little to split; docs/RESULTS.md, "A kernel for the
+kernel gradient"). `matmul(a, b)` is a[p] @ b[p], a primitive of its own only
+so that its transpose for b can be `tn_product`, which on CPU in float32
+calls metajax/kernels/tn_product.cc (built with the C++ compiler on first use
+and cached) and elsewhere is XLA's dot_general. Both are bilinear primitives
+with transpose and batching rules, so reverse over reverse (MAML),
+forward over reverse (iMAML's Hessian-vector products) and vmap all work.
+
+Without a C++ compiler, or with METAJAX_CPU_KERNELS=0, both are XLA's products.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+_TARGET = "metajax_tn_product"
+_SOURCE = pathlib.Path(__file__).parent / "kernels" / "tn_product.cc"
+
+
+def matmul(a_PxRxC, b_PxCxO):
+  """a[p] @ b[p]: (P, R, C) x (P, C, O) -> (P, R, O). Its b-gradient is
+  tn_product(a, g): (P, C, O). Mixed dtypes are promoted, as jnp.matmul's."""
+  return _matmul_p.bind(*_promoted(a_PxRxC, b_PxCxO))
+
+
+def tn_product(a_PxRxC, b_PxRxO):
+  """a[p]ᵀ @ b[p]: (P, R, C) x (P, R, O) -> (P, C, O), contracted over R."""
+  return _tn_p.bind(*_promoted(a_PxRxC, b_PxRxO))
+
+
+def _promoted(a, b):
+  dtype = jnp.result_type(a, b)
+  return jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+
+
+def _xla_matmul(a, b):
+  return jax.lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))))
+
+
+def _xla_tn(a, b):
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((0,), (0,))))
+
+
+# --- the compiled kernel ------------------------------------------------------
+
+def _cpu_tag():
+  """What the build is specific to: -march=native code must not be loaded on
+  another CPU that shares the cache directory."""
+  tag = platform.machine() + platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      tag += next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    pass
+  return tag
+
+
+@functools.cache
+def kernel_available() -> bool:
+  """Builds (once per source, JAX version and CPU; cached under
+  $METAJAX_CACHE or ~/.cache/metajax) and registers the CPU kernel. False,
+  with a warning, where it cannot be built; False without one where
+  METAJAX_CPU_KERNELS=0."""
+  if os.environ.get("METAJAX_CPU_KERNELS", "1") == "0":
+    return False
+  compiler = (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+              or shutil.which("clang++"))
+  if compiler is None:
+    warnings.warn("metajax: no C++ compiler found (set CXX); kernel gradients use XLA's products")
+    return False
+  src = _SOURCE.read_bytes()
+  flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+  # The FFI's headers and ABI come with jaxlib.
+  key = hashlib.sha256(src + f"{jax.__version__} {jaxlib.__version__} {flags}".encode()
+                       + _cpu_tag().encode()).hexdigest()[:16]
+  cache = pathlib.Path(os.environ.get("METAJAX_CACHE", pathlib.Path.home() / ".cache" / "metajax"))
+  lib = cache / f"tn_product-{key}.so"
+  try:
+    if not lib.exists():
+      cache.mkdir(parents=True, exist_ok=True)
+      # Built beside its final name and renamed: a concurrent or interrupted
+      # build never leaves a partial library under that name.
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+      os.close(fd)
+      try:
+        subprocess.run([compiler, *flags, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp],
+                       check=True, capture_output=True, text=True, timeout=600)
+        os.replace(tmp, lib)
+      finally:
+        if os.path.exists(tmp):
+          os.remove(tmp)
+    handle = ctypes.cdll.LoadLibrary(str(lib))
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.MetajaxTnProduct), platform="cpu")
+  except (OSError, subprocess.SubprocessError) as e:
+    detail = getattr(e, "stderr", "") or str(e)
+    warnings.warn(f"metajax: building {_SOURCE.name} with {compiler} failed; kernel gradients "
+                  f"use XLA's products. {detail[-2000:]}")
+    return False
+  return True
+
+
+# --- the primitives -----------------------------------------------------------
+
+def _abstract(name, expected, match, shape):
+  def rule(a, b):
+    if a.ndim != 3 or b.ndim != 3 or a.dtype != b.dtype or not match(a.shape, b.shape):
+      raise TypeError(f"{name} takes {expected} of one dtype, got {a.str_short()} and "
+                      f"{b.str_short()}")
+    return a.update(shape=shape(a.shape, b.shape))
+  return rule
+
+
+_matmul_p = Primitive("metajax_matmul")
+_matmul_p.def_abstract_eval(_abstract("matmul", "(P, R, C) and (P, C, O)",
+                                      lambda a, b: a[0] == b[0] and a[2] == b[1],
+                                      lambda a, b: (a[0], a[1], b[2])))
+_matmul_p.def_impl(jax.jit(lambda a, b: _matmul_p.bind(a, b)))   # outside jit: as one
+mlir.register_lowering(_matmul_p, mlir.lower_fun(_xla_matmul, multiple_results=False))
+
+_tn_p = Primitive("metajax_tn_product")
+_tn_p.def_abstract_eval(_abstract("tn_product", "(P, R, C) and (P, R, O)",
+                                  lambda a, b: a[:2] == b[:2],
+                                  lambda a, b: (a[0], a[2], b[2])))
+_tn_p.def_impl(jax.jit(lambda a, b: _tn_p.bind(a, b)))
+mlir.register_lowering(_tn_p, mlir.lower_fun(_xla_tn, multiple_results=False))
+
+
+def _tn_cpu_lowering(ctx, a, b):
+  if ctx.avals_in[0].dtype == jnp.float32 and kernel_available():
+    return jax.ffi.ffi_lowering(_TARGET)(ctx, a, b)
+  return mlir.lower_fun(_xla_tn, multiple_results=False)(ctx, a, b)
+
+
+mlir.register_lowering(_tn_p, _tn_cpu_lowering, platform="cpu")
+
+# Transposes: matmul's for b and tn_product's for b are each other's forms, so
+# every order of derivative stays in these two primitives (and XLA's forward
+# shaped products for a).
+ad.defbilinear(_matmul_p,
+               lambda g, a, b: jnp.einsum("pro,pco->prc", g, b),   # g @ bᵀ
+               lambda g, a, b: tn_product(a, g))                      # aᵀ g
+ad.defbilinear(_tn_p,
+               lambda g, a, b: jnp.einsum("pro,pco->prc", b, g),   # b @ gᵀ
+               lambda g, a, b: matmul(a, g))                          # a @ g
+
+
+def _batch(prim, args, dims):
+  """vmap: the mapped axis is folded into P."""
+  size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+  folded = []
+  for x, d in zip(args, dims):
+    x = jnp.broadcast_to(x, (size,) + x.shape) if d is None else jnp.moveaxis(x, d, 0)
+    folded.append(x.reshape((size * x.shape[1],) + x.shape[2:]))
+  out = prim.bind(*folded)
+  return out.reshape((size, -1) + out.shape[1:]), 0
+
+
+batching.primitive_batchers[_matmul_p] = functools.partial(_batch, _matmul_p)
+batching.primitive_batchers[_tn_p] = functools.partial(_batch, _tn_p)
+
+
+def dots_saveable(prim, *avals, **params):
+  """jax.checkpoint policy: jax.checkpoint_policies.dots_saveable, with these
+  two products counted as dots."""
+  return prim in (_matmul_p, _tn_p) or jax.checkpoint_policies.dots_saveable(prim, *avals, **params)

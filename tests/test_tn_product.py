@@ -1,0 +1,170 @@
+"""tn_product's CPU kernel and the two bilinear primitives, against float64
+NumPy products, XLA's own products to second order, and a loop over vmap."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metajax import tn_product
+from metajax.tn_product import matmul
+
+HAS_COMPILER = any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++"))
+
+# (P, R, C, O): the Winograd layer's shape, the first layers' (columns fewer than 16 or not
+# a multiple of 16: computed transposed), odd sizes, remainders of every block, and a long R
+# split over the threads.
+SHAPES = [(16, 3675, 64, 64), (1, 5880, 64, 9), (1, 5880, 9, 64), (3, 100, 9, 40),
+          (2, 37, 5, 7), (2, 300, 17, 48), (1, 1, 1, 1), (4, 513, 32, 32), (1, 7000, 32, 27),
+          (2, 50, 20, 27)]
+
+
+def _operands(shape, seed=0):
+  p, r, c, o = shape
+  ka, kb = jax.random.split(jax.random.PRNGKey(seed))
+  return jax.random.normal(ka, (p, r, c)), jax.random.normal(kb, (p, r, o))
+
+
+def _need_compiler(test):
+  # Where there is a compiler the kernel must build: these tests then fail, not skip.
+  if not HAS_COMPILER or jax.default_backend() != "cpu":
+    test.skipTest("no C++ compiler, or not on CPU")
+
+
+def _uses_kernel(fn, *args):
+  return "metajax_tn_product" in jax.jit(fn).lower(*args).compile().as_text()
+
+
+class TnProductTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_against_float64_products(self):
+    _need_compiler(self)
+    for shape in SHAPES:
+      a, b = _operands(shape)
+      want = np.einsum("prc,pro->pco", np.float64(a), np.float64(b))
+      got = np.asarray(self.variant(tn_product.tn_product)(a, b))
+      assert got.dtype == np.float32 and got.shape == want.shape
+      # float32 rounding of sums of R products; XLA's own product is no closer.
+      xla = np.asarray(jax.jit(tn_product._xla_tn)(a, b))
+      scale = np.abs(want).max()
+      np.testing.assert_allclose(got, want, atol=2e-6 * np.sqrt(shape[1]) * scale, err_msg=str(shape))
+      assert np.abs(got - want).max() <= 4 * np.abs(xla - want).max() + 1e-6 * scale, shape
+
+  def test_cpu_float32_takes_the_kernel_and_float64_does_not(self):
+    _need_compiler(self)
+    assert tn_product.kernel_available()
+    a, b = _operands((2, 50, 8, 16))
+    assert _uses_kernel(tn_product.tn_product, a, b)
+    # and autodiff's kernel gradient of matmul is that product
+    u = jnp.ones((2, 8, 16))
+    assert _uses_kernel(jax.grad(lambda u: jnp.sum(matmul(a, u) ** 2)), u)
+    with jax.enable_x64(True):
+      a64, b64 = np.float64(a), np.float64(b)
+      assert not _uses_kernel(tn_product.tn_product, a64, b64)
+      np.testing.assert_allclose(tn_product.tn_product(a64, b64),
+                                 np.einsum("prc,pro->pco", a64, b64), rtol=1e-12)
+
+  def test_disabled_kernel_gives_xla_products(self):
+    code = ("import jax, jax.numpy as jnp; from metajax import tn_product as t;"
+            "a = jnp.ones((2, 5, 3)); b = jnp.ones((2, 5, 4));"
+            "print(t.kernel_available(), 'metajax_tn_product' in "
+            "jax.jit(t.tn_product).lower(a, b).compile().as_text(), float(t.tn_product(a, b).sum()))")
+    env = dict(os.environ, METAJAX_CPU_KERNELS="0", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False", "120.0"]
+
+  def test_matmul_forward(self):
+    a, _ = _operands((3, 20, 6, 6))
+    b = jax.random.normal(jax.random.PRNGKey(9), (3, 6, 5))
+    np.testing.assert_allclose(matmul(a, b), np.einsum("prc,pco->pro", np.float64(a), np.float64(b)),
+                               rtol=1e-5, atol=1e-5)
+
+  def test_mixed_dtypes_are_promoted_as_matmul_does(self):
+    a = jnp.ones((1, 4, 3), jnp.bfloat16)
+    b = jnp.ones((1, 3, 2), jnp.float32)
+    assert matmul(a, b).dtype == jnp.matmul(a, b).dtype == jnp.float32
+    assert tn_product.tn_product(a, jnp.ones((1, 4, 2))).dtype == jnp.float32
+
+  def test_shape_errors_name_the_operands(self):
+    with pytest.raises(TypeError, match=r"matmul takes \(P, R, C\) and \(P, C, O\).*float32\[2,5,3\] and float32\[2,4,3\]"):
+      matmul(jnp.ones((2, 5, 3)), jnp.ones((2, 4, 3)))
+    with pytest.raises(TypeError, match="tn_product takes"):
+      tn_product.tn_product(jnp.ones((2, 5, 3)), jnp.ones((2, 6, 3)))
+
+  def test_derivatives_to_second_order_in_float64(self):
+    # Every rule (JVP, both transposes, and theirs), forward and reverse, against
+    # finite differences.
+    with jax.enable_x64(True):
+      a = np.random.RandomState(0).randn(2, 7, 3)
+      b = np.random.RandomState(1).randn(2, 3, 4)
+      c = np.random.RandomState(2).randn(2, 7, 4)
+      jax.test_util.check_grads(matmul, (a, b), order=2, modes=("fwd", "rev"))
+      jax.test_util.check_grads(tn_product.tn_product, (a, c), order=2, modes=("fwd", "rev"))
+
+  def test_second_order_in_float32_matches_xla_products(self):
+    _need_compiler(self)
+    # A MAML-shaped function: one inner step on u, a loss at the adapted u;
+    # its meta-gradient (reverse over reverse) and a Hessian-vector product
+    # (forward over reverse, as iMAML) with the kernel against dot_general's.
+    a_s, _ = _operands((16, 300, 16, 16), seed=3)
+    a_q, _ = _operands((16, 900, 16, 16), seed=4)
+    u0 = 0.1 * jax.random.normal(jax.random.PRNGKey(5), (16, 16, 16))
+    v = jax.random.normal(jax.random.PRNGKey(6), u0.shape)
+
+    def make(mm):
+      def loss(u, a):
+        return jnp.mean(jnp.tanh(mm(a, u)) ** 2)
+      def outer(u):
+        adapted = u - 0.5 * jax.grad(loss)(u, a_s)
+        return loss(adapted, a_q)
+      return outer, loss
+
+    plain = lambda a, u: jax.lax.dot_general(a, u, (((2,), (1,)), ((0,), (0,))))
+    for f in (lambda outer, loss: jax.grad(outer),
+              lambda outer, loss: lambda u: jax.jvp(jax.grad(lambda u: loss(u, a_s)), (u,), (v,))[1]):
+      got = jax.jit(f(*make(matmul)))(u0)
+      want = jax.jit(f(*make(plain)))(u0)
+      np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6 * float(jnp.abs(want).max()))
+    assert _uses_kernel(jax.grad(make(matmul)[0]), u0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_vmap_matches_a_loop(self):
+    a, c = _operands((4, 30, 5, 24), seed=7)
+    b = jax.random.normal(jax.random.PRNGKey(8), (4, 5, 24))
+    a_B, c_B = a.reshape(2, 2, 30, 5), c.reshape(2, 2, 30, 24)
+    for fn, x, y in ((tn_product.tn_product, a_B, c_B), (matmul, a_B, b.reshape(2, 2, 5, 24))):
+      want = np.stack([fn(x[i], y[i]) for i in range(2)])
+      np.testing.assert_allclose(self.variant(jax.vmap(fn))(x, y), want, rtol=1e-5, atol=1e-5)
+      # batched along another axis, and against an unbatched operand
+      np.testing.assert_allclose(self.variant(jax.vmap(fn, in_axes=(1, 1), out_axes=1))(
+          jnp.swapaxes(x, 0, 1), jnp.swapaxes(y, 0, 1)), np.swapaxes(want, 0, 1), rtol=1e-5, atol=1e-5)
+      want0 = np.stack([fn(x[i], y[0]) for i in range(2)])
+      np.testing.assert_allclose(self.variant(jax.vmap(fn, in_axes=(0, None)))(x, y[0]), want0,
+                                 rtol=1e-5, atol=1e-5)
+
+  def test_checkpoint_policy_saves_the_products(self):
+    # remat="dots" keeps the products' outputs, these two included: the
+    # gradient then computes the forward product once, not again backward.
+    a, _ = _operands((2, 8, 4, 4))
+    f = lambda u: jnp.sum(jnp.sin(matmul(a, u)))
+    u = jnp.ones((2, 4, 4))
+
+    def products(policy):
+      jaxpr = jax.make_jaxpr(jax.grad(jax.checkpoint(f, policy=policy)))(u)
+      count = lambda eqns: sum(
+          (e.primitive.name == "metajax_matmul")
+          + sum(count(j.eqns) for j in jax.extend.core.jaxprs_in_params(e.params))
+          for e in eqns)
+      return count(jaxpr.eqns)
+
+    assert products(tn_product.dots_saveable) == 1
+    assert products(jax.checkpoint_policies.nothing_saveable) == 2
