@@ -12,7 +12,9 @@ and cached) and elsewhere is XLA's dot_general. Both are bilinear primitives
 with transpose and batching rules, so reverse over reverse (MAML),
 forward over reverse (iMAML's Hessian-vector products) and vmap all work.
 
-Without a C++ compiler, or with METAJAX_CPU_KERNELS=0, both are XLA's products.
+Without a C++ compiler, or with METAJAX_CPU_KERNELS=0, both are XLA's products
+(set it before jax.export-ing a CPU float32 program: the kernel is a custom call
+that other machines do not have).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -50,8 +53,24 @@ def tn_product(a_PxRxC, b_PxRxO):
 
 
 def _promoted(a, b):
+  """Both operands in their promoted dtype and, inside shard_map, varying over
+  the same mesh axes (as XLA's own products make them)."""
   dtype = jnp.result_type(a, b)
-  return jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+  a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+  va, vb = _varying(a), _varying(b)
+  if vb - va:
+    a = jax.lax.pcast(a, tuple(sorted(vb - va)), to="varying")
+  if va - vb:
+    b = jax.lax.pcast(b, tuple(sorted(va - vb)), to="varying")
+  return a, b
+
+
+def _varying(x):
+  """The shard_map mesh axes x varies over (its type's: `.mat.varying` in JAX
+  0.10, `.vma` before)."""
+  t = jax.typeof(x)
+  mat = getattr(t, "mat", None)
+  return frozenset(mat.varying if mat is not None else getattr(t, "vma", ()))
 
 
 def _xla_matmul(a, b):
@@ -84,9 +103,10 @@ def kernel_available() -> bool:
   METAJAX_CPU_KERNELS=0."""
   if os.environ.get("METAJAX_CPU_KERNELS", "1") == "0":
     return False
-  compiler = (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-              or shutil.which("clang++"))
-  if compiler is None:
+  compiler = (shlex.split(os.environ.get("CXX", "")) or
+              [c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),)
+               if c])
+  if not compiler:
     warnings.warn("metajax: no C++ compiler found (set CXX); kernel gradients use XLA's products")
     return False
   src = _SOURCE.read_bytes()
@@ -94,9 +114,10 @@ def kernel_available() -> bool:
   # The FFI's headers and ABI come with jaxlib.
   key = hashlib.sha256(src + f"{jax.__version__} {jaxlib.__version__} {flags}".encode()
                        + _cpu_tag().encode()).hexdigest()[:16]
-  cache = pathlib.Path(os.environ.get("METAJAX_CACHE", pathlib.Path.home() / ".cache" / "metajax"))
-  lib = cache / f"tn_product-{key}.so"
   try:
+    cache = pathlib.Path(os.environ.get("METAJAX_CACHE")
+                         or pathlib.Path.home() / ".cache" / "metajax")
+    lib = cache / f"tn_product-{key}.so"
     if not lib.exists():
       cache.mkdir(parents=True, exist_ok=True)
       # Built beside its final name and renamed: a concurrent or interrupted
@@ -104,18 +125,21 @@ def kernel_available() -> bool:
       fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
       os.close(fd)
       try:
-        subprocess.run([compiler, *flags, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp],
+        subprocess.run([*compiler, *flags, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp],
                        check=True, capture_output=True, text=True, timeout=600)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)   # mkstemp's 0600 would keep other users out
         os.replace(tmp, lib)
       finally:
         if os.path.exists(tmp):
           os.remove(tmp)
     handle = ctypes.cdll.LoadLibrary(str(lib))
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.MetajaxTnProduct), platform="cpu")
-  except (OSError, subprocess.SubprocessError) as e:
-    detail = getattr(e, "stderr", "") or str(e)
-    warnings.warn(f"metajax: building {_SOURCE.name} with {compiler} failed; kernel gradients "
-                  f"use XLA's products. {detail[-2000:]}")
+  except Exception as e:  # noqa: BLE001 -- any failure: XLA's products, with a warning
+    detail = getattr(e, "stderr", "") or repr(e)
+    warnings.warn(f"metajax: building or loading {_SOURCE.name} with {' '.join(compiler)} "
+                  f"failed; kernel gradients use XLA's products. {detail[-2000:]}")
     return False
   return True
 
@@ -146,8 +170,16 @@ _tn_p.def_impl(jax.jit(lambda a, b: _tn_p.bind(a, b)))
 mlir.register_lowering(_tn_p, mlir.lower_fun(_xla_tn, multiple_results=False))
 
 
+# Widest operand the kernel takes. Wider ones (conv-4's 3x3 layer under im2col:
+# (980 x 576)ᵀ(980 x 64)) ran slower in the step than XLA's product, which
+# splits that output well (docs/RESULTS.md, "A kernel for the kernel gradient").
+KERNEL_MAX_WIDTH = 256
+
+
 def _tn_cpu_lowering(ctx, a, b):
-  if ctx.avals_in[0].dtype == jnp.float32 and kernel_available():
+  a_aval, b_aval = ctx.avals_in
+  if (a_aval.dtype == jnp.float32 and max(a_aval.shape[2], b_aval.shape[2]) <= KERNEL_MAX_WIDTH
+      and kernel_available()):
     return jax.ffi.ffi_lowering(_TARGET)(ctx, a, b)
   return mlir.lower_fun(_xla_tn, multiple_results=False)(ctx, a, b)
 
@@ -171,9 +203,10 @@ def _batch(prim, args, dims):
   folded = []
   for x, d in zip(args, dims):
     x = jnp.broadcast_to(x, (size,) + x.shape) if d is None else jnp.moveaxis(x, d, 0)
-    folded.append(x.reshape((size * x.shape[1],) + x.shape[2:]))
+    p = x.shape[1]
+    folded.append(x.reshape((size * p,) + x.shape[2:]))
   out = prim.bind(*folded)
-  return out.reshape((size, -1) + out.shape[1:]), 0
+  return out.reshape((size, p) + out.shape[1:]), 0
 
 
 batching.primitive_batchers[_matmul_p] = functools.partial(_batch, _matmul_p)

@@ -2,6 +2,7 @@
 NumPy products, XLA's own products to second order, and a loop over vmap."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import pytest
 from metajax import tn_product
 from metajax.tn_product import matmul
 
-HAS_COMPILER = any(shutil.which(c) for c in (os.environ.get("CXX") or "c++", "g++", "clang++"))
+HAS_COMPILER = any(shutil.which(c) for c in (
+    (shlex.split(os.environ.get("CXX", "")) or ["c++"])[0], "g++", "clang++"))
 
 # (P, R, C, O): the Winograd layer's shape, the first layers' (columns fewer than 16 or not
 # a multiple of 16: computed transposed), odd sizes, remainders of every block, and a long R
@@ -63,6 +65,10 @@ class TnProductTest(chex.TestCase):
     assert tn_product.kernel_available()
     a, b = _operands((2, 50, 8, 16))
     assert _uses_kernel(tn_product.tn_product, a, b)
+    # not for operands wider than KERNEL_MAX_WIDTH (XLA's product was faster there)
+    wide = tn_product.KERNEL_MAX_WIDTH + 1
+    assert not _uses_kernel(tn_product.tn_product, jnp.ones((1, 20, wide)), jnp.ones((1, 20, 8)))
+    assert not _uses_kernel(tn_product.tn_product, jnp.ones((1, 20, 8)), jnp.ones((1, 20, wide)))
     # and autodiff's kernel gradient of matmul is that product
     u = jnp.ones((2, 8, 16))
     assert _uses_kernel(jax.grad(lambda u: jnp.sum(matmul(a, u) ** 2)), u)
@@ -81,6 +87,35 @@ class TnProductTest(chex.TestCase):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["False", "False", "120.0"]
+
+  def test_shard_map_with_one_operand_split_over_devices(self):
+    # Inside shard_map, a replicated operand meets a split one: the products
+    # must come out varying, as XLA's own do, so that a replicated out_spec is
+    # refused and the replicated operand's gradient is summed over devices
+    # (as dot_general's, and the whole batch's).
+    code = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+from metajax.tn_product import matmul
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("x",))
+a = jnp.arange(2 * 1 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3) / 10
+w = jnp.ones((1, 3, 5), jnp.float32)
+dot = lambda a, w: jax.lax.dot_general(a, w, (((2,), (1,)), ((0,), (0,))))
+grad = lambda mm: jax.shard_map(jax.grad(lambda a, w: jnp.sum(mm(a, w)), argnums=1), mesh=mesh,
+                                in_specs=(P("x"), P()), out_specs=P())(a, w)
+g, want = grad(matmul), grad(dot)
+np.testing.assert_allclose(g, want, rtol=1e-6)
+whole = jax.grad(lambda w: sum(jnp.sum(dot(a[i:i + 1], w)) for i in range(2)))(w)
+np.testing.assert_allclose(want, whole, rtol=1e-6)
+try:
+  jax.shard_map(lambda a, w: matmul(a, w), mesh=mesh, in_specs=(P("x"), P()), out_specs=P())(a, w)
+except Exception as e:
+  print("refused", type(e).__name__)
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("refused"), out.stdout
 
   def test_matmul_forward(self):
     a, _ = _operands((3, 20, 6, 6))

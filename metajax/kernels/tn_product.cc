@@ -21,12 +21,13 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
+typedef float v16 __attribute__((vector_size(64), aligned(4), __may_alias__));
 
 constexpr int kRows = 8;      // rows of c per register block
 constexpr int kChunk = 256;   // rows of R per pass over the blocks of c
 
-// aligned(4): loads and stores through v16 pointers may be unaligned.
+// aligned(4), __may_alias__: loads and stores through v16 pointers may be
+// unaligned and alias the float buffers.
 inline v16 load(const float* p) { return *reinterpret_cast<const v16*>(p); }
 inline void store(float* p, v16 v) { *reinterpret_cast<v16*>(p) = v; }
 inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
