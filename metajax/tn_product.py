@@ -95,6 +95,14 @@ def _cpu_tag():
   return tag
 
 
+def find_compiler() -> list[str]:
+  """The C++ compiler's command: $CXX (split like a shell word list), else the
+  first of c++, g++ and clang++ on PATH; [] where there is none."""
+  found = shlex.split(os.environ.get("CXX", "")) or [
+      shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")]
+  return found if found[0] else []
+
+
 @functools.cache
 def kernel_available() -> bool:
   """Builds (once per source, JAX version and CPU; cached under
@@ -103,9 +111,7 @@ def kernel_available() -> bool:
   METAJAX_CPU_KERNELS=0."""
   if os.environ.get("METAJAX_CPU_KERNELS", "1") == "0":
     return False
-  compiler = (shlex.split(os.environ.get("CXX", "")) or
-              [c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),)
-               if c])
+  compiler = find_compiler()
   if not compiler:
     warnings.warn("metajax: no C++ compiler found (set CXX); kernel gradients use XLA's products")
     return False
@@ -167,7 +173,8 @@ _tn_p.def_abstract_eval(_abstract("tn_product", "(P, R, C) and (P, R, O)",
                                   lambda a, b: a[:2] == b[:2],
                                   lambda a, b: (a[0], a[2], b[2])))
 _tn_p.def_impl(jax.jit(lambda a, b: _tn_p.bind(a, b)))
-mlir.register_lowering(_tn_p, mlir.lower_fun(_xla_tn, multiple_results=False))
+_xla_tn_lowering = mlir.lower_fun(_xla_tn, multiple_results=False)
+mlir.register_lowering(_tn_p, _xla_tn_lowering)
 
 
 # Widest operand the kernel takes. Wider ones (conv-4's 3x3 layer under im2col:
@@ -181,7 +188,7 @@ def _tn_cpu_lowering(ctx, a, b):
   if (a_aval.dtype == jnp.float32 and max(a_aval.shape[2], b_aval.shape[2]) <= KERNEL_MAX_WIDTH
       and kernel_available()):
     return jax.ffi.ffi_lowering(_TARGET)(ctx, a, b)
-  return mlir.lower_fun(_xla_tn, multiple_results=False)(ctx, a, b)
+  return _xla_tn_lowering(ctx, a, b)
 
 
 mlir.register_lowering(_tn_p, _tn_cpu_lowering, platform="cpu")

@@ -2,7 +2,6 @@
 NumPy products, XLA's own products to second order, and a loop over vmap."""
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -17,8 +16,9 @@ import pytest
 from metajax import tn_product
 from metajax.tn_product import matmul
 
-HAS_COMPILER = any(shutil.which(c) for c in (
-    (shlex.split(os.environ.get("CXX", "")) or ["c++"])[0], "g++", "clang++"))
+# The compiler the kernel would be built with, if it exists.
+COMPILER = tn_product.find_compiler()
+HAS_COMPILER = bool(COMPILER) and shutil.which(COMPILER[0]) is not None
 
 # (P, R, C, O): the Winograd layer's shape, the first layers' (columns fewer than 16 or not
 # a multiple of 16: computed transposed), odd sizes, remainders of every block, and a long R
