@@ -105,7 +105,7 @@ def find_compiler() -> list[str]:
 
 @functools.cache
 def kernel_available() -> bool:
-  """Builds (once per source, JAX version and CPU; cached under
+  """Builds (once per source, JAX version, compiler and CPU; cached under
   $METAJAX_CACHE or ~/.cache/metajax) and registers the CPU kernel. False,
   with a warning, where it cannot be built; False without one where
   METAJAX_CPU_KERNELS=0."""
@@ -118,7 +118,7 @@ def kernel_available() -> bool:
   src = _SOURCE.read_bytes()
   flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
   # The FFI's headers and ABI come with jaxlib.
-  key = hashlib.sha256(src + f"{jax.__version__} {jaxlib.__version__} {flags}".encode()
+  key = hashlib.sha256(src + f"{jax.__version__} {jaxlib.__version__} {compiler} {flags}".encode()
                        + _cpu_tag().encode()).hexdigest()[:16]
   try:
     cache = pathlib.Path(os.environ.get("METAJAX_CACHE")

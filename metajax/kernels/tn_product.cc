@@ -3,9 +3,9 @@
 // positions), which XLA's CPU backend runs at a third of its forward
 // products' rate (docs/RESULTS.md). Built on first use by metajax/tn_product.py.
 //
-// An 8 x 32 block of c is kept in registers (GCC/clang vector extensions:
-// AVX-512, AVX2 or NEON, whatever the compiler targets) while R runs in
-// chunks that stay in cache. Items of work (products, or ranges of R of a
+// A block of c (8 x 32 with AVX-512, 6 x 16 with AVX2) is kept in registers
+// (GCC/clang vector extensions: AVX-512, AVX2, SSE or NEON, whatever the
+// compiler targets) while R runs in chunks that stay in cache. Items of work (products, or ranges of R of a
 // product) are shared between the calling thread and XLA's intra-op thread
 // pool through an atomic counter.
 #include <algorithm>
@@ -21,52 +21,64 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64), aligned(4), __may_alias__));
-
-constexpr int kRows = 8;      // rows of c per register block
+// The widest vectors and the register block the target has room for: CB x
+// NV accumulators plus NV vectors of b and one of a must fit its registers
+// (AVX-512 and AArch64: 32; AVX2 and SSE: 16, where a block of 8 would spill).
+#if defined(__AVX512F__)
+constexpr int kBytes = 64, kRows = 8;
+#elif defined(__AVX__)
+constexpr int kBytes = 32, kRows = 6;
+#elif defined(__aarch64__)
+constexpr int kBytes = 16, kRows = 8;
+#else
+constexpr int kBytes = 16, kRows = 6;
+#endif
+constexpr int kLanes = kBytes / 4;
 constexpr int kChunk = 256;   // rows of R per pass over the blocks of c
 
-// aligned(4), __may_alias__: loads and stores through v16 pointers may be
+// aligned(4), __may_alias__: loads and stores through vec pointers may be
 // unaligned and alias the float buffers.
-inline v16 load(const float* p) { return *reinterpret_cast<const v16*>(p); }
-inline void store(float* p, v16 v) { *reinterpret_cast<v16*>(p) = v; }
-inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+typedef float vec __attribute__((vector_size(kBytes), aligned(4), __may_alias__));
 
-// c[c0:c0+CB, o0:o0+16*NV] += a[r0:r1, c0:c0+CB]^T b[r0:r1, o0:o0+16*NV]
+inline vec load(const float* p) { return *reinterpret_cast<const vec*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
+inline vec splat(float x) { return vec{} + x; }
+
+// c[c0:c0+CB, o0:o0+kLanes*NV] += a[r0:r1, c0:c0+CB]^T b[r0:r1, o0:o0+kLanes*NV]
 template <int CB, int NV>
 inline void block(const float* a, const float* b, float* c, int64_t r0, int64_t r1,
                   int64_t C, int64_t O, int64_t c0, int64_t o0) {
-  v16 acc[CB][NV];
+  vec acc[CB][NV];
   for (int i = 0; i < CB; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = v16{};
+    for (int j = 0; j < NV; ++j) acc[i][j] = vec{};
   for (int64_t r = r0; r < r1; ++r) {
     const float* ar = a + r * C + c0;
     const float* br = b + r * O + o0;
-    v16 bv[NV];
-    for (int j = 0; j < NV; ++j) bv[j] = load(br + 16 * j);
+    vec bv[NV];
+    for (int j = 0; j < NV; ++j) bv[j] = load(br + kLanes * j);
     for (int i = 0; i < CB; ++i) {
-      v16 ai = splat(ar[i]);
+      vec ai = splat(ar[i]);
       for (int j = 0; j < NV; ++j) acc[i][j] += ai * bv[j];
     }
   }
   for (int i = 0; i < CB; ++i)
     for (int j = 0; j < NV; ++j) {
-      float* cp = c + (c0 + i) * O + o0 + 16 * j;
+      float* cp = c + (c0 + i) * O + o0 + kLanes * j;
       store(cp, load(cp) + acc[i][j]);
     }
 }
 
-// The last O - o0 < 16 columns: b's are copied into a zero-padded vector
+// The last O - o0 < kLanes columns: b's are copied into a zero-padded vector
 // per row and only they are written.
 template <int CB>
 void tail(const float* a, const float* b, float* c, int64_t r0, int64_t r1, int64_t C,
           int64_t O, int64_t c0, int64_t o0) {
   const int64_t width = O - o0;
-  v16 acc[CB];
-  for (int i = 0; i < CB; ++i) acc[i] = v16{};
+  vec acc[CB];
+  for (int i = 0; i < CB; ++i) acc[i] = vec{};
   for (int64_t r = r0; r < r1; ++r) {
     const float* ar = a + r * C + c0;
-    v16 bv = v16{};
+    vec bv = vec{};
     for (int64_t j = 0; j < width; ++j) bv[j] = b[r * O + o0 + j];
     for (int i = 0; i < CB; ++i) acc[i] += splat(ar[i]) * bv;
   }
@@ -78,8 +90,8 @@ template <int CB>
 void rows(const float* a, const float* b, float* c, int64_t r0, int64_t r1, int64_t C,
           int64_t O, int64_t c0) {
   int64_t o0 = 0;
-  for (; o0 + 32 <= O; o0 += 32) block<CB, 2>(a, b, c, r0, r1, C, O, c0, o0);
-  for (; o0 + 16 <= O; o0 += 16) block<CB, 1>(a, b, c, r0, r1, C, O, c0, o0);
+  for (; o0 + 2 * kLanes <= O; o0 += 2 * kLanes) block<CB, 2>(a, b, c, r0, r1, C, O, c0, o0);
+  for (; o0 + kLanes <= O; o0 += kLanes) block<CB, 1>(a, b, c, r0, r1, C, O, c0, o0);
   if (o0 < O) tail<CB>(a, b, c, r0, r1, C, O, c0, o0);
 }
 
@@ -157,9 +169,9 @@ ffi::Error TnProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   const int64_t P = ad[0], R = ad[1], C = ad[2], O = bd[2];
   work->P = P; work->R = R; work->C = C; work->O = O;
   // Vectorised along c's columns, or along its rows (computed transposed)
-  // where they fill 16-wide vectors better: a multiple of 16 rows and not of
-  // columns, or fewer than 16 columns and at least 16 rows.
-  work->transposed = (O % 16 != 0 && C % 16 == 0) || (O < 16 && C >= 16);
+  // where they fill vectors better: a multiple of kLanes rows and not of
+  // columns, or fewer than kLanes columns and at least kLanes rows.
+  work->transposed = (O % kLanes != 0 && C % kLanes == 0) || (O < kLanes && C >= kLanes);
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   // At least two items per thread, splitting R where there are fewer products.
   work->splits = std::max<int64_t>(1, std::min((2 * threads + P - 1) / std::max<int64_t>(P, 1),
