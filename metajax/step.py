@@ -184,9 +184,12 @@ def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
 
 
 def compile_lowered(lowered):
-  """`lowered.compile(compiler_options())`, then the compiler's freed heap
-  returned to the OS (`return_freed_heap`). lowered: a `jax.stages.Lowered`,
-  e.g. `make_train_chunk(meta_step, n).lower(state, data)`."""
+  """`lowered.compile(compiler_options())`, with the freed heap returned to the
+  OS (`return_freed_heap`) before and after: the compiler's peak then starts
+  from what the process holds (Omniglot 5w1s MAML: 14 MB lower whole-process
+  peak, docs/RESULTS.md). lowered: a `jax.stages.Lowered`, e.g.
+  `make_train_chunk(meta_step, n).lower(state, data)`."""
+  return_freed_heap()
   compiled = lowered.compile(compiler_options())
   return_freed_heap()
   return compiled
