@@ -8,9 +8,10 @@ leaves its libraries little to split; docs/RESULTS.md, "A kernel for the
 kernel gradient"). `matmul(a, b)` is a[p] @ b[p], a primitive of its own only
 so that its transpose for b can be `tn_product`, which on CPU in float32
 calls metajax/kernels/tn_product.cc (built with the C++ compiler on first use
-and cached) and elsewhere is XLA's dot_general. Both are bilinear primitives
-with transpose and batching rules, so reverse over reverse (MAML),
-forward over reverse (iMAML's Hessian-vector products) and vmap all work.
+and cached: metajax.kernels) and elsewhere is XLA's dot_general. Both are
+bilinear primitives with transpose and batching rules, so reverse over reverse
+(MAML), forward over reverse (iMAML's Hessian-vector products) and vmap all
+work.
 
 Without a C++ compiler, or with METAJAX_CPU_KERNELS=0, both are XLA's products
 (set it before jax.export-ing a CPU float32 program: the kernel is a custom call
@@ -19,26 +20,16 @@ that other machines do not have).
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import pathlib
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
-import warnings
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from metajax import kernels
+
 _TARGET = "metajax_tn_product"
-_SOURCE = pathlib.Path(__file__).parent / "kernels" / "tn_product.cc"
 
 
 def matmul(a_PxRxC, b_PxCxO):
@@ -81,75 +72,6 @@ def _xla_tn(a, b):
   return jax.lax.dot_general(a, b, (((1,), (1,)), ((0,), (0,))))
 
 
-# --- the compiled kernel ------------------------------------------------------
-
-def _cpu_tag():
-  """What the build is specific to: -march=native code must not be loaded on
-  another CPU that shares the cache directory."""
-  tag = platform.machine() + platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      tag += next((line for line in f if line.startswith(("flags", "Features"))), "")
-  except OSError:
-    pass
-  return tag
-
-
-def find_compiler() -> list[str]:
-  """The C++ compiler's command: $CXX (split like a shell word list), else the
-  first of c++, g++ and clang++ on PATH; [] where there is none."""
-  found = shlex.split(os.environ.get("CXX", "")) or [
-      shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")]
-  return found if found[0] else []
-
-
-@functools.cache
-def kernel_available() -> bool:
-  """Builds (once per source, JAX version, compiler and CPU; cached under
-  $METAJAX_CACHE or ~/.cache/metajax) and registers the CPU kernel. False,
-  with a warning, where it cannot be built; False without one where
-  METAJAX_CPU_KERNELS=0."""
-  if os.environ.get("METAJAX_CPU_KERNELS", "1") == "0":
-    return False
-  compiler = find_compiler()
-  if not compiler:
-    warnings.warn("metajax: no C++ compiler found (set CXX); kernel gradients use XLA's products")
-    return False
-  src = _SOURCE.read_bytes()
-  flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
-  # The FFI's headers and ABI come with jaxlib.
-  key = hashlib.sha256(src + f"{jax.__version__} {jaxlib.__version__} {compiler} {flags}".encode()
-                       + _cpu_tag().encode()).hexdigest()[:16]
-  try:
-    cache = pathlib.Path(os.environ.get("METAJAX_CACHE")
-                         or pathlib.Path.home() / ".cache" / "metajax")
-    lib = cache / f"tn_product-{key}.so"
-    if not lib.exists():
-      cache.mkdir(parents=True, exist_ok=True)
-      # Built beside its final name and renamed: a concurrent or interrupted
-      # build never leaves a partial library under that name.
-      fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-      os.close(fd)
-      try:
-        subprocess.run([*compiler, *flags, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp],
-                       check=True, capture_output=True, text=True, timeout=600)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o755 & ~umask)   # mkstemp's 0600 would keep other users out
-        os.replace(tmp, lib)
-      finally:
-        if os.path.exists(tmp):
-          os.remove(tmp)
-    handle = ctypes.cdll.LoadLibrary(str(lib))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(handle.MetajaxTnProduct), platform="cpu")
-  except Exception as e:  # noqa: BLE001 -- any failure: XLA's products, with a warning
-    detail = getattr(e, "stderr", "") or repr(e)
-    warnings.warn(f"metajax: building or loading {_SOURCE.name} with {' '.join(compiler)} "
-                  f"failed; kernel gradients use XLA's products. {detail[-2000:]}")
-    return False
-  return True
-
-
 # --- the primitives -----------------------------------------------------------
 
 def _abstract(name, expected, match, shape):
@@ -186,7 +108,7 @@ KERNEL_MAX_WIDTH = 256
 def _tn_cpu_lowering(ctx, a, b):
   a_aval, b_aval = ctx.avals_in
   if (a_aval.dtype == jnp.float32 and max(a_aval.shape[2], b_aval.shape[2]) <= KERNEL_MAX_WIDTH
-      and kernel_available()):
+      and kernels.available()):
     return jax.ffi.ffi_lowering(_TARGET)(ctx, a, b)
   return _xla_tn_lowering(ctx, a, b)
 

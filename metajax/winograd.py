@@ -13,10 +13,14 @@ faster: docs/RESULTS.md ("Winograd F(2x2, 3x3) convolutions").
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
-from metajax import tn_product
+from metajax import kernels, tn_product
 
 # G (4x3): the kernel transform, written out in _g as Bᵀ and Aᵀ are in _b_t
 # and _a_t.
@@ -74,7 +78,84 @@ def conv3x3(x_NxHxWxC, kernel_3x3xCxO):
   u_16xCxO = _g(_g(kernel_3x3xCxO, 0), 1).reshape(16, c, o)
   # Its kernel gradient (contracted over the tiles) is tn_product's CPU kernel.
   m = tn_product.matmul(v.reshape(16, n * th * tw, c), u_16xCxO)
-  cols = _a_t(m.reshape(4, 4, n, th, tw, o))              # 2 [W offset] x (4, N, th, tw, O)
-  rows = [_a_t(col) for col in cols]                      # [W offset][H offset] (N, th, tw, O)
-  y = jnp.stack([jnp.stack((rows[0][r], rows[1][r]), axis=3) for r in range(2)], axis=2)
-  return y.reshape(n, 2 * th, 2 * tw, o)[:, :h, :w]     # (N, th, 2, tw, 2, O) interleaved
+  y = _out_p.bind(m.reshape(1, 16, n, th, tw, o))[0]     # (N, 2 th, 2 tw, O)
+  return y[:, :h, :w]
+
+
+def _output_transform(m_Gx16xNxTxUxO):
+  """Aᵀ M A per tile: (G, 16 [W offset x H offset], N, T, U, O) -> (G, N, 2T, 2U, O)."""
+  g, _, n, th, tw, o = m_Gx16xNxTxUxO.shape
+  m = jnp.moveaxis(m_Gx16xNxTxUxO.reshape(g, 4, 4, n, th, tw, o), (1, 2), (0, 1))
+  cols = _a_t(m)                                          # 2 [W offset] x (4, G, N, th, tw, O)
+  rows = [_a_t(col) for col in cols]                      # [W offset][H offset] (G, N, th, tw, O)
+  y = jnp.stack([jnp.stack((rows[0][r], rows[1][r]), axis=4) for r in range(2)], axis=3)
+  return y.reshape(g, n, 2 * th, 2 * tw, o)               # (G, N, th, 2, tw, 2, O) interleaved
+
+
+def _output_adjoint(dy_GxNxHxWxO):
+  """The output transform's adjoint: (G, N, 2T, 2U, O) -> (G, 16, N, T, U, O)."""
+  g, n, h2, w2, o = dy_GxNxHxWxO.shape
+  shape = jax.ShapeDtypeStruct((g, 16, n, h2 // 2, w2 // 2, o), dy_GxNxHxWxO.dtype)
+  return jax.linear_transpose(_output_transform, shape)(dy_GxNxHxWxO)[0]
+
+
+# The output transform and its adjoint as two linear primitives, each the
+# other's transpose, so every order of derivative alternates between them.
+# On CPU in float32 the adjoint is a custom call (metajax/kernels): XLA's own
+# fusions of it recomputed the incoming gradient's producer (batch norm's and
+# the pool's backward) in each group of its 16 outputs (docs/RESULTS.md).
+# G: independent groups, which vmap folds its axis into.
+_out_p = Primitive("metajax_winograd_output")
+_out_adj_p = Primitive("metajax_winograd_output_adjoint")
+
+
+def _check(name, x, rank):
+  if x.ndim != rank or (rank == 5 and (x.shape[2] % 2 or x.shape[3] % 2)) or (
+      rank == 6 and x.shape[1] != 16):
+    raise TypeError(f"{name}: expected {'(G, N, 2T, 2U, O)' if rank == 5 else '(G, 16, N, T, U, O)'}"
+                    f", got {x.str_short()}")
+
+
+def _out_shape(m):
+  _check("winograd output transform", m, 6)
+  g, _, n, t, u, o = m.shape
+  return m.update(shape=(g, n, 2 * t, 2 * u, o))
+
+
+def _adj_shape(dy):
+  _check("winograd output adjoint", dy, 5)
+  g, n, h2, w2, o = dy.shape
+  return dy.update(shape=(g, 16, n, h2 // 2, w2 // 2, o))
+
+
+_out_p.def_abstract_eval(_out_shape)
+_out_adj_p.def_abstract_eval(_adj_shape)
+_out_p.def_impl(jax.jit(_output_transform))
+_out_adj_p.def_impl(jax.jit(_output_adjoint))
+mlir.register_lowering(_out_p, mlir.lower_fun(_output_transform, multiple_results=False))
+_out_adj_xla = mlir.lower_fun(_output_adjoint, multiple_results=False)
+mlir.register_lowering(_out_adj_p, _out_adj_xla)
+
+
+def _out_adj_cpu(ctx, dy):
+  if ctx.avals_in[0].dtype == jnp.float32 and kernels.available():
+    return jax.ffi.ffi_lowering("metajax_winograd_output_adjoint")(ctx, dy)
+  return _out_adj_xla(ctx, dy)
+
+
+mlir.register_lowering(_out_adj_p, _out_adj_cpu, platform="cpu")
+ad.deflinear2(_out_p, lambda ct, m: [_out_adj_p.bind(ct)])
+ad.deflinear2(_out_adj_p, lambda ct, dy: [_out_p.bind(ct)])
+
+
+def _batch(prim, args, dims):
+  """vmap: the mapped axis folded into G (no transposes where it leads)."""
+  (x,), (d,) = args, dims
+  x = jnp.moveaxis(x, d, 0)
+  b, g = x.shape[:2]
+  out = prim.bind(x.reshape((b * g,) + x.shape[2:]))
+  return out.reshape((b, g) + out.shape[1:]), 0
+
+
+batching.primitive_batchers[_out_p] = functools.partial(_batch, _out_p)
+batching.primitive_batchers[_out_adj_p] = functools.partial(_batch, _out_adj_p)

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metajax import tn_product
+from metajax import kernels, tn_product
 from metajax.tn_product import matmul
 
 # The compiler the kernel would be built with, if it exists.
-COMPILER = tn_product.find_compiler()
+COMPILER = kernels.find_compiler()
 HAS_COMPILER = bool(COMPILER) and shutil.which(COMPILER[0]) is not None
 
 # (P, R, C, O): the Winograd layer's shape, the first layers' (columns fewer than 16 or not
@@ -63,7 +63,7 @@ class TnProductTest(chex.TestCase):
 
   def test_cpu_float32_takes_the_kernel_and_float64_does_not(self):
     _need_compiler(self)
-    assert tn_product.kernel_available()
+    assert kernels.available()
     a, b = _operands((2, 50, 8, 16))
     assert _uses_kernel(tn_product.tn_product, a, b)
     # not for operands wider than KERNEL_MAX_WIDTH (XLA's product was faster there)
@@ -80,9 +80,9 @@ class TnProductTest(chex.TestCase):
                                  np.einsum("prc,pro->pco", a64, b64), rtol=1e-12)
 
   def test_disabled_kernel_gives_xla_products(self):
-    code = ("import jax, jax.numpy as jnp; from metajax import tn_product as t;"
+    code = ("import jax, jax.numpy as jnp; from metajax import kernels as k, tn_product as t;"
             "a = jnp.ones((2, 5, 3)); b = jnp.ones((2, 5, 4));"
-            "print(t.kernel_available(), 'metajax_tn_product' in "
+            "print(k.available(), 'metajax_tn_product' in "
             "jax.jit(t.tn_product).lower(a, b).compile().as_text(), float(t.tn_product(a, b).sum()))")
     env = dict(os.environ, METAJAX_CPU_KERNELS="0", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
