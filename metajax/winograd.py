@@ -93,10 +93,19 @@ def _output_transform(m_Gx16xNxTxUxO):
 
 
 def _output_adjoint(dy_GxNxHxWxO):
-  """The output transform's adjoint: (G, N, 2T, 2U, O) -> (G, 16, N, T, U, O)."""
+  """The output transform's adjoint: (G, N, 2T, 2U, O) -> (G, 16, N, T, U, O),
+  A's columns (m0, m1, m2, m3) <- (d0, d0 + d1, d0 - d1, -d1) along W, then
+  along H. Written out (not jax.linear_transpose, whose cotangent type would
+  not carry shard_map's varying axes); what metajax/kernels/winograd.cc does."""
   g, n, h2, w2, o = dy_GxNxHxWxO.shape
-  shape = jax.ShapeDtypeStruct((g, 16, n, h2 // 2, w2 // 2, o), dy_GxNxHxWxO.dtype)
-  return jax.linear_transpose(_output_transform, shape)(dy_GxNxHxWxO)[0]
+  tiles = dy_GxNxHxWxO.reshape(g, n, h2 // 2, 2, w2 // 2, 2, o)
+  a = lambda d0, d1: (d0, d0 + d1, d0 - d1, -d1)
+  # d[hr][wc] (G, N, T, U, O): the tile's output at H offset hr, W offset wc.
+  d = [[jnp.squeeze(x, (3, 5)) for x in jax.lax.split(row, (1, 1), axis=5)]
+       for row in jax.lax.split(tiles, (1, 1), axis=3)]
+  e0, e1 = a(*d[0]), a(*d[1])                             # [p] along W, per H offset
+  m = jnp.stack([jnp.stack(a(e0[p], e1[p]), axis=1) for p in range(4)], axis=1)
+  return m.reshape(g, 16, n, h2 // 2, w2 // 2, o)         # (G, 4 [p], 4 [q], ...) -> 4p + q
 
 
 # The output transform and its adjoint as two linear primitives, each the
@@ -112,8 +121,8 @@ _out_adj_p = Primitive("metajax_winograd_output_adjoint")
 def _check(name, x, rank):
   if x.ndim != rank or (rank == 5 and (x.shape[2] % 2 or x.shape[3] % 2)) or (
       rank == 6 and x.shape[1] != 16):
-    raise TypeError(f"{name}: expected {'(G, N, 2T, 2U, O)' if rank == 5 else '(G, 16, N, T, U, O)'}"
-                    f", got {x.str_short()}")
+    expected = "(G, N, 2T, 2U, O)" if rank == 5 else "(G, 16, N, T, U, O)"
+    raise TypeError(f"{name}: expected {expected}, got {x.str_short()}")
 
 
 def _out_shape(m):
@@ -130,8 +139,8 @@ def _adj_shape(dy):
 
 _out_p.def_abstract_eval(_out_shape)
 _out_adj_p.def_abstract_eval(_adj_shape)
-_out_p.def_impl(jax.jit(_output_transform))
-_out_adj_p.def_impl(jax.jit(_output_adjoint))
+_out_p.def_impl(jax.jit(lambda m: _out_p.bind(m)))            # outside jit: as inside
+_out_adj_p.def_impl(jax.jit(lambda dy: _out_adj_p.bind(dy)))
 mlir.register_lowering(_out_p, mlir.lower_fun(_output_transform, multiple_results=False))
 _out_adj_xla = mlir.lower_fun(_output_adjoint, multiple_results=False)
 mlir.register_lowering(_out_adj_p, _out_adj_xla)

@@ -23,10 +23,11 @@ HAS_COMPILER = bool(COMPILER) and shutil.which(COMPILER[0]) is not None
 # (P, R, C, O): the Winograd layer's shape, the first layers' (columns fewer than 16 or not
 # a multiple of the vector width: computed transposed), odd sizes, a long R split over the
 # threads, and every remainder of the register blocks of each target (AVX-512's 8 rows x 32
-# columns, AVX2's 6 x 16, SSE's and NEON's 6 or 8 x 8).
+# columns, AVX2's 6 x 16, SSE's and NEON's 6 or 8 x 8) in rows and in columns.
 SHAPES = [(16, 3675, 64, 64), (1, 5880, 64, 9), (1, 5880, 9, 64), (3, 100, 9, 40),
           (2, 37, 5, 7), (2, 300, 17, 48), (1, 1, 1, 1), (4, 513, 32, 32), (1, 7000, 32, 27),
-          (2, 50, 20, 27)] + [(1, 19, c, 2 * c + 3) for c in range(2, 17)]
+          (2, 50, 20, 27)] + [(1, 19, c, 2 * c + 3) for c in range(2, 17)] + [
+              (1, 23, 7, o) for o in range(1, 17)]
 
 
 def _operands(shape, seed=0):

@@ -2,7 +2,10 @@
 a CPU kernel in float32), against NumPy's einsum with Lavin & Gray's Aᵀ, finite
 differences, a loop over vmap, and XLA's convolution in a MAML meta-gradient."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import chex
 import jax
@@ -48,6 +51,48 @@ class WinogradOutputTest(chex.TestCase):
                                  rtol=1e-5, atol=1e-5)
       np.testing.assert_allclose(self.variant(adjoint)(dy), _np_adjoint(dy.astype(np.float64)),
                                  rtol=1e-5, atol=1e-5)
+
+  def test_shape_errors_name_the_expected_layout(self):
+    with self.assertRaisesRegex(TypeError, r"expected \(G, 16, N, T, U, O\), got float32\[1,15"):
+      output(jnp.ones((1, 15, 2, 2, 2, 3)))
+    with self.assertRaisesRegex(TypeError, r"expected \(G, N, 2T, 2U, O\), got float32\[1,2,3,4"):
+      adjoint(jnp.ones((1, 2, 3, 4, 5)))
+
+  def test_xla_form_of_the_adjoint_matches_numpy(self):
+    # What runs off CPU, in float64 and without the kernel.
+    with jax.enable_x64(True):
+      dy = np.random.RandomState(4).randn(2, 3, 4, 6, 5)
+      np.testing.assert_allclose(jax.jit(winograd._output_adjoint)(dy), _np_adjoint(dy),
+                                 rtol=1e-13, atol=1e-13)
+
+  def test_second_order_inside_shard_map_on_two_devices(self):
+    # Images split over two CPU devices, the kernel replicated: the MAML-shaped
+    # second derivative inside shard_map equals the unsplit one, with the
+    # kernel (float32) and with XLA's form (float64).
+    code = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+from metajax import winograd
+jax.config.update("jax_enable_x64", True)
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("x",))
+for dtype, tol in ((jnp.float32, 1e-4), (jnp.float64, 1e-10)):
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 3), dtype)
+  k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5), dtype) / 5
+  loss = lambda k, x: jnp.sum(jnp.tanh(winograd.conv3x3(x, k)))
+  outer = lambda k, x: loss(k - 0.1 * jax.grad(loss)(k, x), x)
+  # k made varying: each device adapts it to its own images (a replicated k's
+  # gradient would be summed over devices inside the inner step).
+  per_device = lambda k, x: jax.grad(outer)(jax.lax.pcast(k, ("x",), to="varying"), x)
+  split = jax.shard_map(lambda k, x: jax.lax.psum(per_device(k, x), "x"), mesh=mesh,
+                        in_specs=(P(), P("x")), out_specs=P())
+  whole = sum(jax.grad(outer)(k, x[i:i + 2]) for i in (0, 2))
+  np.testing.assert_allclose(jax.jit(split)(k, x), whole, rtol=tol, atol=tol)
+print("ok")
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "ok", out.stdout
 
   def test_float32_cpu_programs_call_the_kernel(self):
     if not HAS_COMPILER or jax.default_backend() != "cpu":

@@ -4,8 +4,8 @@ built into one library with the system's C++ compiler on first use.
 tn_product.cc: the kernel-gradient product aᵀb (metajax.tn_product).
 winograd.cc: the adjoint of Winograd's output transform (metajax.winograd).
 
-Built once per sources, JAX version, compiler and CPU (`-march=native`),
-cached under $METAJAX_CACHE or ~/.cache/metajax. Without a C++ compiler, or
+Built once per sources, JAX version, compiler (and its version) and CPU
+(`-march=native`), cached under $METAJAX_CACHE or ~/.cache/metajax. Without a C++ compiler, or
 with METAJAX_CPU_KERNELS=0, `available()` is False and the callers lower to
 XLA's own operations, the same numbers (set it before jax.export-ing a CPU
 float32 program: a custom call is not in other machines' XLA).
@@ -66,11 +66,16 @@ def available() -> bool:
     warnings.warn("metajax: no C++ compiler found (set CXX); CPU kernels fall back to XLA's ops")
     return False
   sources = sorted(_DIR.glob("*.cc"))
+  try:   # an upgraded compiler builds anew
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+  except (OSError, subprocess.SubprocessError):
+    version = ""
   flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
   # The FFI's headers and ABI come with jaxlib.
+  versions = f"{jax.__version__} {jaxlib.__version__} {compiler} {version} {flags}"
   key = hashlib.sha256(b"".join(s.name.encode() + s.read_bytes() for s in sources)
-                       + f"{jax.__version__} {jaxlib.__version__} {compiler} {flags}".encode()
-                       + _cpu_tag().encode()).hexdigest()[:16]
+                       + versions.encode() + _cpu_tag().encode()).hexdigest()[:16]
   try:
     cache = pathlib.Path(os.environ.get("METAJAX_CACHE")
                          or pathlib.Path.home() / ".cache" / "metajax")

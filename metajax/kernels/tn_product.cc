@@ -1,7 +1,7 @@
 // c[p] = a[p]^T b[p] for a: (P, R, C), b: (P, R, O) float32, c: (P, C, O):
 // the kernel-gradient product of a convolution (contracted over its R output
 // positions), which XLA's CPU backend runs at a third of its forward
-// products' rate (docs/RESULTS.md). Built on first use by metajax/tn_product.py.
+// products' rate (docs/RESULTS.md). Built on first use by metajax/kernels/__init__.py.
 //
 // A block of c (8 x 32 with AVX-512, 6 x 16 with AVX2) is kept in registers
 // (GCC/clang vector extensions: AVX-512, AVX2, SSE or NEON, whatever the

@@ -58,9 +58,11 @@ struct OutAdjoint {
 
 ffi::Error OutAdjointImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                           ffi::ResultBuffer<ffi::F32> dm) {
-  auto d = dy.dimensions();
-  if (d.size() != 5 || d[2] % 2 || d[3] % 2)
-    return ffi::Error::InvalidArgument("winograd_output_adjoint: dy (G, N, 2T, 2U, O) expected");
+  auto d = dy.dimensions(), m = dm->dimensions();
+  if (d.size() != 5 || d[2] % 2 || d[3] % 2 || m.size() != 6 || m[0] != d[0] || m[1] != 16 ||
+      m[2] != d[1] || m[3] != d[2] / 2 || m[4] != d[3] / 2 || m[5] != d[4])
+    return ffi::Error::InvalidArgument(
+        "winograd_output_adjoint: dy (G, N, 2T, 2U, O) and dm (G, 16, N, T, U, O) expected");
   auto work = std::make_shared<OutAdjoint>();
   work->dy = dy.typed_data(); work->dm = dm->typed_data();
   work->G = d[0]; work->N = d[1]; work->T = d[2] / 2; work->U = d[3] / 2; work->O = d[4];
