@@ -1,5 +1,6 @@
 """Hand-written CPU kernels, as XLA FFI custom calls: every `*.cc` here,
-built into one library with the system's C++ compiler on first use.
+built into one library with the system's C++ compiler on first use
+(parallel.h: the work sharing over XLA's thread pool that they use).
 
 tn_product.cc: the kernel-gradient product aᵀb (metajax.tn_product).
 winograd.cc: the adjoint of Winograd's output transform (metajax.winograd).
@@ -48,10 +49,11 @@ def _cpu_tag():
 
 def find_compiler() -> list[str]:
   """The C++ compiler's command: $CXX (split like a shell word list), else the
-  first of c++, g++ and clang++ on PATH; [] where there is none."""
+  first of c++, g++ and clang++ on PATH; [] where there is none (or $CXX names
+  a program that does not exist)."""
   found = shlex.split(os.environ.get("CXX", "")) or [
       shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")]
-  return found if found[0] else []
+  return found if found[0] and shutil.which(found[0]) else []
 
 
 @functools.cache
@@ -74,7 +76,8 @@ def available() -> bool:
   flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
   # The FFI's headers and ABI come with jaxlib.
   versions = f"{jax.__version__} {jaxlib.__version__} {compiler} {version} {flags}"
-  key = hashlib.sha256(b"".join(s.name.encode() + s.read_bytes() for s in sources)
+  headers = sorted(_DIR.glob("*.h"))
+  key = hashlib.sha256(b"".join(s.name.encode() + s.read_bytes() for s in sources + headers)
                        + versions.encode() + _cpu_tag().encode()).hexdigest()[:16]
   try:
     cache = pathlib.Path(os.environ.get("METAJAX_CACHE")

@@ -5,16 +5,14 @@
 //
 // A block of c (8 x 32 with AVX-512, 6 x 16 with AVX2) is kept in registers
 // (GCC/clang vector extensions: AVX-512, AVX2, SSE or NEON, whatever the
-// compiler targets) while R runs in chunks that stay in cache. Items of work (products, or ranges of R of a
-// product) are shared between the calling thread and XLA's intra-op thread
-// pool through an atomic counter.
+// compiler targets) while R runs in chunks that stay in cache. Items of work
+// (products, or ranges of R of a product) are shared between the calling
+// thread and XLA's intra-op thread pool (parallel.h).
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <thread>
 #include <vector>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -127,18 +125,14 @@ struct Work {
   int64_t P, R, C, O, splits, items;
   bool transposed;               // computed as c[p]^T = b[p]^T a[p]
   std::vector<float> scratch;    // items x C x O, unless written directly
-  std::atomic<int64_t> next{0}, done{0};
 
-  void run() {
-    for (int64_t i; (i = next.fetch_add(1)) < items;) {
-      const int64_t p = i / splits, s = i % splits;
-      const int64_t r0 = R * s / splits, r1 = R * (s + 1) / splits;
-      const float* ap = a + p * R * C; const float* bp = b + p * R * O;
-      if (scratch.empty()) product(ap, bp, c + p * C * O, r0, r1, C, O);
-      else if (!transposed) product(ap, bp, &scratch[i * C * O], r0, r1, C, O);
-      else product(bp, ap, &scratch[i * C * O], r0, r1, O, C);
-      done.fetch_add(1, std::memory_order_release);
-    }
+  void item(int64_t i) {
+    const int64_t p = i / splits, s = i % splits;
+    const int64_t r0 = R * s / splits, r1 = R * (s + 1) / splits;
+    const float* ap = a + p * R * C; const float* bp = b + p * R * O;
+    if (scratch.empty()) product(ap, bp, c + p * C * O, r0, r1, C, O);
+    else if (!transposed) product(ap, bp, &scratch[i * C * O], r0, r1, C, O);
+    else product(bp, ap, &scratch[i * C * O], r0, r1, O, C);
   }
 
   void finish() {
@@ -164,27 +158,22 @@ ffi::Error TnProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
   auto ad = a.dimensions(), bd = b.dimensions();
   if (ad.size() != 3 || bd.size() != 3 || ad[0] != bd[0] || ad[1] != bd[1])
     return ffi::Error::InvalidArgument("tn_product: a (P, R, C) and b (P, R, O) expected");
-  auto work = std::make_shared<Work>();
-  work->a = a.typed_data(); work->b = b.typed_data(); work->c = c->typed_data();
+  Work work;
+  work.a = a.typed_data(); work.b = b.typed_data(); work.c = c->typed_data();
   const int64_t P = ad[0], R = ad[1], C = ad[2], O = bd[2];
-  work->P = P; work->R = R; work->C = C; work->O = O;
+  work.P = P; work.R = R; work.C = C; work.O = O;
   // Vectorised along c's columns, or along its rows (computed transposed)
   // where they fill vectors better: a multiple of kLanes rows and not of
   // columns, or fewer than kLanes columns and at least kLanes rows.
-  work->transposed = (O % kLanes != 0 && C % kLanes == 0) || (O < kLanes && C >= kLanes);
+  work.transposed = (O % kLanes != 0 && C % kLanes == 0) || (O < kLanes && C >= kLanes);
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   // At least two items per thread, splitting R where there are fewer products.
-  work->splits = std::max<int64_t>(1, std::min((2 * threads + P - 1) / std::max<int64_t>(P, 1),
-                                               (R + kChunk - 1) / kChunk));
-  work->items = P * work->splits;
-  if (work->splits > 1 || work->transposed) work->scratch.resize(work->items * C * O);
-  // Helpers that start after the last item is taken find nothing to do; the
-  // shared_ptr keeps the counters alive for them.
-  const int64_t helpers = std::min(threads, work->items) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work->run(); });
-  work->run();
-  while (work->done.load(std::memory_order_acquire) < work->items) std::this_thread::yield();
-  work->finish();
+  work.splits = std::max<int64_t>(1, std::min((2 * threads + P - 1) / std::max<int64_t>(P, 1),
+                                              (R + kChunk - 1) / kChunk));
+  work.items = P * work.splits;
+  if (work.splits > 1 || work.transposed) work.scratch.resize(work.items * C * O);
+  metajax::parallel_for(pool, work.items, [&work](int64_t i) { work.item(i); });
+  work.finish();
   return ffi::Error::Success();
 }
 

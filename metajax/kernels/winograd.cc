@@ -7,12 +7,9 @@
 // -> dm (G, 16, N, T, U, O). A custom call so that XLA computes dy once: its
 // own fusions of this adjoint recomputed dy's producer (batch norm's and the
 // pool's backward) in each group of the 16 outputs.
-#include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <memory>
-#include <thread>
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -22,9 +19,8 @@ namespace {
 struct OutAdjoint {
   const float* dy; float* dm;
   int64_t G, N, T, U, O;
-  std::atomic<int64_t> next{0}, done{0};
 
-  void image(int64_t g, int64_t n) {    // one image of group g
+  void image(int64_t g, int64_t n) const {    // one image of group g
     const int64_t plane = N * T * U * O, row = 2 * U * O;
     for (int64_t i = 0; i < T; ++i)
       for (int64_t j = 0; j < U; ++j) {
@@ -47,13 +43,6 @@ struct OutAdjoint {
         }
       }
   }
-
-  void run() {
-    for (int64_t k; (k = next.fetch_add(1)) < G * N;) {
-      image(k / N, k % N);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
 };
 
 ffi::Error OutAdjointImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
@@ -63,15 +52,9 @@ ffi::Error OutAdjointImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
       m[2] != d[1] || m[3] != d[2] / 2 || m[4] != d[3] / 2 || m[5] != d[4])
     return ffi::Error::InvalidArgument(
         "winograd_output_adjoint: dy (G, N, 2T, 2U, O) and dm (G, 16, N, T, U, O) expected");
-  auto work = std::make_shared<OutAdjoint>();
-  work->dy = dy.typed_data(); work->dm = dm->typed_data();
-  work->G = d[0]; work->N = d[1]; work->T = d[2] / 2; work->U = d[3] / 2; work->O = d[4];
-  const int64_t items = work->G * work->N;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t helpers = std::min(threads, items) - 1;
-  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work] { work->run(); });
-  work->run();
-  while (work->done.load(std::memory_order_acquire) < items) std::this_thread::yield();
+  const OutAdjoint work{dy.typed_data(), dm->typed_data(), d[0], d[1], d[2] / 2, d[3] / 2, d[4]};
+  metajax::parallel_for(pool, work.G * work.N,
+                        [&work](int64_t k) { work.image(k / work.N, k % work.N); });
   return ffi::Error::Success();
 }
 
