@@ -25,6 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Primitive
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo
 from jax.interpreters import ad, batching, mlir
 
 from metajax import kernels
@@ -107,10 +109,22 @@ KERNEL_MAX_WIDTH = 256
 
 def _tn_cpu_lowering(ctx, a, b):
   a_aval, b_aval = ctx.avals_in
-  if (a_aval.dtype == jnp.float32 and max(a_aval.shape[2], b_aval.shape[2]) <= KERNEL_MAX_WIDTH
-      and kernels.available()):
+  if not (a_aval.dtype == jnp.float32 and max(a_aval.shape[2], b_aval.shape[2]) <= KERNEL_MAX_WIDTH
+          and kernels.available()):
+    return _xla_tn_lowering(ctx, a, b)
+  if a_aval.shape[0] != 1:
     return jax.ffi.ffi_lowering(_TARGET)(ctx, a, b)
-  return _xla_tn_lowering(ctx, a, b)
+  # One product: its operands as (R, C) and (R, O), the shape XLA gives the
+  # forward product's (a batch-1 dot becomes a plain one). With (1, R, C) here
+  # XLA built an im2col layer's patches twice, once in each shape (57 MB
+  # apiece for mini-ImageNet's query set; docs/RESULTS.md).
+  squeezed = [x.update(shape=x.shape[1:]) for x in (a_aval, b_aval, ctx.avals_out[0])]
+  reshape = lambda x, aval: stablehlo.reshape(
+      ir.RankedTensorType.get(aval.shape, mlir.dtype_to_ir_type(aval.dtype)), x)
+  call = jax.ffi.ffi_lowering(_TARGET)(
+      ctx.replace(avals_in=squeezed[:2], avals_out=squeezed[2:]),
+      reshape(a, squeezed[0]), reshape(b, squeezed[1]))
+  return [reshape(call[0], ctx.avals_out[0])]
 
 
 mlir.register_lowering(_tn_p, _tn_cpu_lowering, platform="cpu")

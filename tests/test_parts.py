@@ -69,3 +69,25 @@ def test_mean_ci95_against_hand_computed_values():
   assert mean == pytest.approx(0.6)
   assert half == pytest.approx(1.96 * math.sqrt(0.24 * 100 / 99) / 10, rel=1e-12)
 
+
+
+class NoiseImagesTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_uniform_over_the_256_levels(self):
+    from metajax.tasks.fewshot import noise_images
+    shape = (3, 7, 11, 13)                       # not a multiple of the 4 pixels per word
+    x = np.asarray(self.variant(noise_images, static_argnums=1)(jax.random.PRNGKey(0), shape))
+    assert x.shape == shape and x.dtype == np.float32
+    levels = np.rint(x * 255)
+    np.testing.assert_allclose(x, levels / 255, rtol=1e-6)
+    counts = np.bincount(levels.astype(int).ravel(), minlength=256)
+    assert counts.size == 256
+    # Pearson's chi-square against uniform, 255 degrees of freedom: mean 255,
+    # sd ~22.6; 400 is beyond 6 sd.
+    expected = x.size / 256
+    assert np.sum((counts - expected) ** 2 / expected) < 400
+    # different keys give different images, one key the same
+    y = np.asarray(noise_images(jax.random.PRNGKey(1), shape))
+    assert np.mean(x == y) < 0.05
+    np.testing.assert_array_equal(x, np.asarray(noise_images(jax.random.PRNGKey(0), shape)))

@@ -68,6 +68,11 @@ class TnProductTest(chex.TestCase):
     wide = tn_product.KERNEL_MAX_WIDTH + 1
     assert not _uses_kernel(tn_product.tn_product, jnp.ones((1, 20, wide)), jnp.ones((1, 20, 8)))
     assert not _uses_kernel(tn_product.tn_product, jnp.ones((1, 20, 8)), jnp.ones((1, 20, wide)))
+    # one product is passed as (R, C) and (R, O), the shape XLA gives the
+    # forward product's operand, so that an operand both use is built once
+    a1, b1 = _operands((1, 50, 8, 16))
+    hlo = jax.jit(tn_product.tn_product).lower(a1, b1).compile().as_text()
+    assert "operand_layout_constraints={f32[50,8]{1,0}, f32[50,16]{1,0}}" in hlo, hlo
     # and autodiff's kernel gradient of matmul is that product
     u = jnp.ones((2, 8, 16))
     assert _uses_kernel(jax.grad(lambda u: jnp.sum(matmul(a, u) ** 2)), u)

@@ -89,8 +89,10 @@ def _adapt_loop(params, xs, ys, steps, lr, create_graph):
 def _episodes(p, generator):
   device = generator.device
   def part(per_class):
-    x = torch.rand(p["meta_batch"], p["ways"] * per_class, p["image_shape"][2],
-                   *p["image_shape"][:2], generator=generator, device=device)
+    # Noise at 8-bit levels, as metajax.tasks.fewshot.noise_images draws.
+    shape = (p["meta_batch"], p["ways"] * per_class, p["image_shape"][2], *p["image_shape"][:2])
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator,
+                      device=device).to(torch.get_default_dtype()).div_(255)
     y = torch.arange(p["ways"], device=device).repeat_interleave(per_class)
     return x, y.expand(p["meta_batch"], -1).contiguous()
   return part(p["shots"]), part(p["queries"])

@@ -155,12 +155,17 @@ struct Work {
 
 ffi::Error TnProductImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a,
                          ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> c) {
+  // (P, R, C) and (P, R, O), or (R, C) and (R, O) for P = 1 (see tn_product.py).
   auto ad = a.dimensions(), bd = b.dimensions();
-  if (ad.size() != 3 || bd.size() != 3 || ad[0] != bd[0] || ad[1] != bd[1])
-    return ffi::Error::InvalidArgument("tn_product: a (P, R, C) and b (P, R, O) expected");
+  const size_t rank = ad.size();
+  if ((rank != 3 && rank != 2) || bd.size() != rank || c->dimensions().size() != rank ||
+      (rank == 3 && ad[0] != bd[0]) || ad[rank - 2] != bd[rank - 2])
+    return ffi::Error::InvalidArgument(
+        "tn_product: a (P, R, C) and b (P, R, O), or a (R, C) and b (R, O), expected");
   Work work;
   work.a = a.typed_data(); work.b = b.typed_data(); work.c = c->typed_data();
-  const int64_t P = ad[0], R = ad[1], C = ad[2], O = bd[2];
+  const int64_t P = rank == 3 ? ad[0] : 1, R = ad[rank - 2], C = ad[rank - 1],
+                O = bd[rank - 1];
   work.P = P; work.R = R; work.C = C; work.O = O;
   // Vectorised along c's columns, or along its rows (computed transposed)
   // where they fill vectors better: a multiple of kLanes rows and not of

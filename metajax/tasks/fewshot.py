@@ -7,6 +7,8 @@ pixels).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -21,11 +23,23 @@ def episode_labels(ways: int, shots: int):
   return jnp.repeat(jnp.arange(ways), shots)
 
 
+def noise_images(key, shape):
+  """Uniform noise at 8-bit levels, as images are stored: float32 in {0, 1/255,
+  ..., 1}, shape `shape`. Four pixels per random 32-bit word: on CPU threefry's
+  float per pixel took 149 ms of a mini-ImageNet benchmark step (4 x 80
+  images), this 25 ms (PyTorch's rand: 39 ms)."""
+  n = math.prod(shape)
+  words_W = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
+  levels = jax.lax.bitcast_convert_type(words_W, jnp.uint8).reshape(-1)[:n]
+  return (levels.astype(jnp.float32) * (1 / 255)).reshape(shape)
+
+
 def synthetic_tasks(key, *, meta_batch, ways, shots, queries, image_shape):
-  """Noise episodes: support (x_BxNKxHxWxC, y_BxNK), query (x_BxNQxHxWxC, y_BxNQ)."""
+  """Noise episodes (noise_images): support (x_BxNKxHxWxC, y_BxNK), query
+  (x_BxNQxHxWxC, y_BxNQ)."""
   k_s, k_q = jax.random.split(key)
   def part(k, per_class):
-    x = jax.random.uniform(k, (meta_batch, ways * per_class) + tuple(image_shape))
+    x = noise_images(k, (meta_batch, ways * per_class) + tuple(image_shape))
     y = jnp.broadcast_to(episode_labels(ways, per_class), (meta_batch, ways * per_class))
     return x, y
   return {"support": part(k_s, shots), "query": part(k_q, queries)}
