@@ -16,6 +16,7 @@ import optax
 
 from metajax.anil import HeadSplit
 from metajax.models import Conv4
+from metajax.tasks.episodes import to_float
 
 
 def episode_labels(ways: int, shots: int):
@@ -31,7 +32,7 @@ def noise_images(key, shape):
   n = math.prod(shape)
   words_W = jax.random.bits(key, (-(-n // 4),), jnp.uint32)
   levels = jax.lax.bitcast_convert_type(words_W, jnp.uint8).reshape(-1)[:n]
-  return (levels.astype(jnp.float32) * (1 / 255)).reshape(shape)
+  return to_float(levels).reshape(shape)        # as stored images enter the model
 
 
 def synthetic_tasks(key, *, meta_batch, ways, shots, queries, image_shape):
