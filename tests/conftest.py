@@ -12,6 +12,19 @@ import tempfile
 # `xla_optimized` and run with the passes on.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
+# Many tests compile the same programs again: each builds its own meta-step
+# (new Python closures, so JAX's in-memory cache misses), and the fault tests'
+# resumed processes compile what the killed one did. One persistent cache for
+# the whole run, its pytest-xdist workers and their subprocesses (they inherit
+# the variable) loads those instead. Fresh for each run and removed after it;
+# a JAX_COMPILATION_CACHE_DIR already set is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="metajax-tests-xla-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
