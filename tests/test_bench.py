@@ -59,6 +59,29 @@ def test_auto_resolution_and_bad_chunk():
     resolve("scan", 5, "xla", 32)
 
 
+def test_a_cell_runs_its_presets_remat_unless_it_names_one(monkeypatch):
+  from metajax.bench import jax_cell
+  from metajax.bench.presets import PRESETS, cell_remat
+  assert PRESETS["omni_20w1s"]["remat"] == "off"
+  assert cell_remat({"preset": "omni_20w1s"}) == "off"
+  assert cell_remat({"preset": "omni_20w1s", "remat": "dots"}) == "dots"
+  assert cell_remat({"preset": "mini_5w1s"}) == cell_remat({"preset": "sine"}) == "auto"
+
+  class Built(Exception):
+    pass
+
+  def named(name, **kwargs):  # stop the cell where its algorithm is built
+    raise Built(kwargs["remat"])
+
+  monkeypatch.setattr(jax_cell.Algorithm, "named", named)
+  for cell, want in (({"preset": "omni_20w1s"}, "off"),
+                     ({"preset": "omni_20w1s", "remat": "full"}, "full"),
+                     ({"preset": "mini_5w1s"}, "auto")):
+    with pytest.raises(Built) as built:
+      jax_cell.run_cell({"impl": "metajax", "algo": "maml", **cell})
+    assert built.value.args == (want,), cell
+
+
 def _cell_in_a_subprocess(cell: dict) -> dict:
   p = subprocess.run([sys.executable, "-m", "metajax.bench", "--cell", json.dumps(cell)],
                      capture_output=True, text=True, timeout=600)

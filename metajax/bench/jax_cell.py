@@ -12,7 +12,7 @@ from metajax import sharding
 from metajax.algorithms import Algorithm
 from metajax.batching import resolve
 from metajax.bench import memory
-from metajax.bench.presets import PRESETS, timed_iters
+from metajax.bench.presets import PRESETS, cell_remat, timed_iters
 from metajax.heap import return_freed_heap
 from metajax.inner import remat_mode
 from metajax.step import (compile_lowered, compiler_options, init_state, make_meta_step,
@@ -55,9 +55,9 @@ def _sine_setup(cell):
 
 
 def run_cell(cell: dict) -> dict:
-  """cell: {"preset", "algo", optional "steps", "remat" (default "auto"), "batching", "chunk",
-  "conv", "iters", "steps_per_call", "features_once" (ANIL), "cpu_devices"}. Returns timings
-  (s) and memory (MiB).
+  """cell: {"preset", "algo", optional "steps", "remat" (default: the preset's, else
+  "auto"), "batching", "chunk", "conv", "iters", "steps_per_call", "features_once" (ANIL),
+  "cpu_devices"}. Returns timings (s) and memory (MiB).
 
   "cpu_devices": N > 1 splits the host CPU into N JAX devices and the meta-batch
   over them, as `python -m metajax.train --config.cpu_devices=N` does
@@ -75,7 +75,7 @@ def run_cell(cell: dict) -> dict:
   # last-step loss is compiled too, as in a real run).
   mamlpp = (dict(lslr=True, msl_steps=10**9, per_step_bn=info.get("bn") == "per_step")
             if cell["algo"] == "mamlpp" else {})
-  algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=cell.get("remat", "auto"),
+  algo = Algorithm.named(cell["algo"], steps=steps, inner_lr=lr, remat=cell_remat(cell),
                          batching=info["batching"], task_chunk=info["chunk"] or 1, **mamlpp)
   # The mode its inner loop runs (MAML++ cells: their multi-step-loss phase).
   info["remat"] = (algo.remat_mode if not mamlpp else remat_mode(
