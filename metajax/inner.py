@@ -42,7 +42,8 @@ def remat_mode(remat: Any, *, first_order: bool, steps: int, observes: bool = Fa
   when no value is observed after each step, else "off". Measured on the
   conv-4 benchmarks (docs/RESULTS.md, "saving only the matrix products"):
   second-order MAML keeps 9-10% less peak memory on Omniglot 20w1s and
-  mini-ImageNet 5w1s (5 steps) for a few percent more time; at one step it
+  mini-ImageNet 5w1s (5 steps) for a few percent more time (on Omniglot 20w1s
+  1-9% by host and hour, so the benchmark's preset runs "off"); at one step it
   saves nothing, and first-order gradients keep no inner-step residuals to
   save. MAML++'s multi-step loss (`observes`: the query loss after every step,
   recomputed too) was 22-49% slower with it. Not measured on other backends,
