@@ -80,6 +80,12 @@ def test_a_cell_runs_its_presets_remat_unless_it_names_one(monkeypatch):
     with pytest.raises(Built) as built:
       jax_cell.run_cell({"impl": "metajax", "algo": "maml", **cell})
     assert built.value.args == (want,), cell
+  # The sharding benchmark runs a preset's remat too.
+  from metajax.bench import sharding as bench_sharding
+  for preset, want in (("omni_20w1s", "off"), ("mini_5w1s", "auto")):
+    with pytest.raises(Built) as built:
+      bench_sharding.run(preset, devices=1, iters=1)
+    assert built.value.args == (want,), preset
 
 
 def _cell_in_a_subprocess(cell: dict) -> dict:

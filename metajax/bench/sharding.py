@@ -35,7 +35,7 @@ def run(preset: str, devices: int, iters: int) -> dict:
   from metajax import sharding
   from metajax.algorithms import Algorithm
   from metajax.batching import resolve
-  from metajax.bench.presets import PRESETS
+  from metajax.bench.presets import PRESETS, cell_remat
   from metajax.step import compile_lowered, init_state, make_meta_step, make_train_chunk
   from metajax.tasks.fewshot import Problem, synthetic_tasks
 
@@ -49,7 +49,8 @@ def run(preset: str, devices: int, iters: int) -> dict:
                                        shots=p["shots"], queries=p["queries"],
                                        image_shape=p["image_shape"])
   algo = Algorithm.named("maml", steps=p["steps"], inner_lr=p["inner_lr"],
-                         batching=batching, task_chunk=chunk or 1, remat="auto")
+                         batching=batching, task_chunk=chunk or 1,
+                         remat=cell_remat({"preset": preset}))
   optimizer = optax.adam(1e-3)
   mesh = sharding.make_mesh(devices)
   sharding.check_divisible(p["meta_batch"], mesh)
