@@ -40,7 +40,10 @@ typedef float vec __attribute__((vector_size(kBytes), aligned(4), __may_alias__)
 
 inline vec load(const float* p) { return *reinterpret_cast<const vec*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
-inline vec splat(float x) { return vec{} + x; }
+// x - 0 is x for every x (-0 included), so this compiles to a bare broadcast;
+// 0 + x is not (-0 + 0 = +0), and costs a scalar add and a register
+// broadcast per use: ~20% of the kernel's rate on an AVX2 host.
+inline vec splat(float x) { return x - vec{}; }
 
 // c[c0:c0+CB, o0:o0+kLanes*NV] += a[r0:r1, c0:c0+CB]^T b[r0:r1, o0:o0+kLanes*NV]
 template <int CB, int NV>
