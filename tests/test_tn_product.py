@@ -1,6 +1,8 @@
-"""tn_product's CPU kernel and the two bilinear primitives, against float64
-NumPy products, XLA's own products to second order, and a loop over vmap."""
+"""The CPU kernels of tn_product and matmul and the two bilinear primitives,
+against float64 NumPy products, XLA's own products to second order, and a loop
+over vmap."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -39,8 +41,15 @@ def _need_compiler(test):
     test.skipTest("no C++ compiler, or not on CPU")
 
 
-def _uses_kernel(fn, *args):
-  return "metajax_tn_product" in jax.jit(fn).lower(*args).compile().as_text()
+def _uses_kernel(fn, *args, target="metajax_tn_product"):
+  return target in jax.jit(fn).lower(*args).compile().as_text()
+
+
+def _matmul_operands(shape, transpose_b, seed=0):
+  p, r, c, o = shape
+  ka, kb = jax.random.split(jax.random.PRNGKey(seed))
+  return (jax.random.normal(ka, (p, r, c)),
+          jax.random.normal(kb, (p, o, c) if transpose_b else (p, c, o)))
 
 
 class TnProductTest(chex.TestCase):
@@ -58,6 +67,46 @@ class TnProductTest(chex.TestCase):
       scale = np.abs(want).max()
       np.testing.assert_allclose(got, want, atol=2e-6 * np.sqrt(shape[1]) * scale, err_msg=str(shape))
       assert np.abs(got - want).max() <= 4 * np.abs(xla - want).max() + 1e-6 * scale, shape
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_matmul_against_float64_products(self):
+    _need_compiler(self)
+    # (P, R, C, O) of a (P, R, C) @ b, with b (P, C, O) or (P, O, C) transposed:
+    # the inner loop's shapes (~1000 rows), the im2col layers' (576 wide either
+    # way), the first layer's (9), empty ones, and every remainder of the
+    # register blocks (up to 8 rows; 8, 16 or 32 columns) in rows and columns
+    shapes = [(16, 980, 64, 64), (1, 980, 576, 64), (1, 980, 64, 576), (1, 4000, 9, 64),
+              (2, 300, 17, 48), (1, 1, 1, 1), (3, 0, 4, 5), (2, 3, 0, 4)] + [
+                  (1, r, 7, o) for r, o in zip(range(2, 11), (2, 5, 8, 9, 15, 17, 24, 31, 33))]
+    for transpose_b in (False, True):
+      fn = tn_product.matmul_bt if transpose_b else matmul
+      for shape in shapes:
+        a, b = _matmul_operands(shape, transpose_b)
+        want = np.einsum("prc,poc->pro" if transpose_b else "prc,pco->pro",
+                         np.float64(a), np.float64(b))
+        got = np.asarray(self.variant(fn)(a, b))
+        assert got.dtype == np.float32 and got.shape == want.shape, (shape, got.shape)
+        xla = np.asarray(jax.jit(functools.partial(tn_product._xla_matmul,
+                                                   transpose_b=transpose_b))(a, b))
+        scale = max(np.abs(want).max(initial=0), 1.0)
+        np.testing.assert_allclose(got, want, atol=2e-6 * np.sqrt(shape[2]) * scale,
+                                   err_msg=f"{shape} transpose_b={transpose_b}")
+        assert np.abs(got - want).max(initial=0) <= (4 * np.abs(xla - want).max(initial=0)
+                                                     + 1e-6 * scale), shape
+
+  def test_cpu_float32_matmul_and_its_gradients_take_the_kernels(self):
+    _need_compiler(self)
+    assert kernels.available()
+    a, b = _matmul_operands((2, 50, 8, 16), False)
+    assert _uses_kernel(matmul, a, b, target="metajax_matmul")
+    hlo = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(matmul(a, b))), argnums=(0, 1))).lower(
+        a, b).compile().as_text()
+    # the forward product, the input gradient (g bᵀ, b passed as it is) and the kernel gradient
+    assert hlo.count('custom_call_target="metajax_matmul"') == 2, hlo
+    assert "transpose_b = true" in hlo or "transpose_b=true" in hlo.replace(" ", ""), hlo
+    assert 'custom_call_target="metajax_tn_product"' in hlo
+    with jax.enable_x64(True):
+      assert not _uses_kernel(matmul, np.float64(a), np.float64(b), target="metajax_matmul")
 
   def test_cpu_float32_takes_the_kernel_and_float64_does_not(self):
     _need_compiler(self)
@@ -86,11 +135,13 @@ class TnProductTest(chex.TestCase):
     code = ("import jax, jax.numpy as jnp; from metajax import kernels as k, tn_product as t;"
             "a = jnp.ones((2, 5, 3)); b = jnp.ones((2, 5, 4));"
             "print(k.available(), 'metajax_tn_product' in "
-            "jax.jit(t.tn_product).lower(a, b).compile().as_text(), float(t.tn_product(a, b).sum()))")
+            "jax.jit(t.tn_product).lower(a, b).compile().as_text(), float(t.tn_product(a, b).sum()),"
+            "'metajax_matmul' in jax.jit(t.matmul_bt).lower(a, a).compile().as_text(),"
+            "float(t.matmul_bt(a, a).sum()))")
     env = dict(os.environ, METAJAX_CPU_KERNELS="0", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
-    assert out == ["False", "False", "120.0"]
+    assert out == ["False", "False", "120.0", "False", "150.0"]
 
   def test_shard_map_with_one_operand_split_over_devices(self):
     # Inside shard_map, a replicated operand meets a split one: the products

@@ -3,6 +3,7 @@ built into one library with the system's C++ compiler on first use
 (parallel.h: the work sharing over XLA's thread pool that they use).
 
 tn_product.cc: the kernel-gradient product aᵀb (metajax.tn_product).
+matmul.cc: the forward products a b and a bᵀ (metajax.tn_product.matmul).
 winograd.cc: the adjoint of Winograd's output transform (metajax.winograd).
 
 Built once per sources, JAX version, compiler (and its version) and CPU
@@ -32,6 +33,7 @@ import jaxlib
 _DIR = pathlib.Path(__file__).parent
 # FFI target name -> the handler symbol the library exports.
 TARGETS = {"metajax_tn_product": "MetajaxTnProduct",
+           "metajax_matmul": "MetajaxMatmul",
            "metajax_winograd_output_adjoint": "MetajaxWinogradOutAdjoint"}
 
 
