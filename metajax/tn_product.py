@@ -11,7 +11,7 @@ products"). `matmul(a, b)` is a[p] @ b[p] and `tn_product(a, b)` is a[p]ᵀ b[p]
 on CPU in float32 they call metajax/kernels/matmul.cc and tn_product.cc (built
 with the C++ compiler on first use and cached: metajax.kernels), elsewhere
 XLA's dot_general. They are bilinear primitives whose transposes are each
-other's forms (matmul's for a is a @ bᵀ: matmul with `transpose_b`), with
+other's forms (matmul's for a is g bᵀ: matmul with `transpose_b`), with
 batching rules, so reverse over reverse (MAML), forward over reverse (iMAML's
 Hessian-vector products) and vmap all stay in them.
 
@@ -123,8 +123,8 @@ KERNEL_MAX_WIDTH = 256
 
 
 def _kernel_call(target, ctx, a, b, **attrs):
-  """The FFI call; one product (P = 1) with its operands as (R, C) and (R, O)
-  or (C, O), the shapes XLA gives a batch-1 dot's. With (1, R, C) here XLA
+  """The FFI call; one product (P = 1) with its operands as (R, C) and (R, O),
+  (C, O) or (O, C), the shapes XLA gives a batch-1 dot's. With (1, R, C) here XLA
   built an im2col layer's patches twice, once in each shape (57 MB apiece for
   mini-ImageNet's query set; docs/RESULTS.md)."""
   if ctx.avals_in[0].shape[0] != 1:

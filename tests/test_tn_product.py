@@ -73,11 +73,12 @@ class TnProductTest(chex.TestCase):
     _need_compiler(self)
     # (P, R, C, O) of a (P, R, C) @ b, with b (P, C, O) or (P, O, C) transposed:
     # the inner loop's shapes (~1000 rows), the im2col layers' (576 wide either
-    # way), the first layer's (9), empty ones, and every remainder of the
-    # register blocks (up to 8 rows; 8, 16 or 32 columns) in rows and columns
+    # way), the first layer's (9), empty ones, every remainder of the register
+    # blocks' rows (6 or 8) and of 8 columns, and several of 16 and 32
     shapes = [(16, 980, 64, 64), (1, 980, 576, 64), (1, 980, 64, 576), (1, 4000, 9, 64),
-              (2, 300, 17, 48), (1, 1, 1, 1), (3, 0, 4, 5), (2, 3, 0, 4)] + [
-                  (1, r, 7, o) for r, o in zip(range(2, 11), (2, 5, 8, 9, 15, 17, 24, 31, 33))]
+              (2, 300, 17, 48), (1, 1, 1, 1), (3, 0, 4, 5), (2, 3, 0, 4), (0, 5, 3, 4)] + [
+                  (1, r, 7, o) for r, o in zip(range(2, 16), (1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 17,
+                                                              24, 31, 33))]
     for transpose_b in (False, True):
       fn = tn_product.matmul_bt if transpose_b else matmul
       for shape in shapes:
@@ -198,6 +199,8 @@ except Exception as e:
       b = np.random.RandomState(1).randn(2, 3, 4)
       c = np.random.RandomState(2).randn(2, 7, 4)
       jax.test_util.check_grads(matmul, (a, b), order=2, modes=("fwd", "rev"))
+      jax.test_util.check_grads(tn_product.matmul_bt, (a, np.swapaxes(b, 1, 2)), order=2,
+                                modes=("fwd", "rev"))
       jax.test_util.check_grads(tn_product.tn_product, (a, c), order=2, modes=("fwd", "rev"))
 
   def test_second_order_in_float32_matches_xla_products(self):
@@ -231,7 +234,8 @@ except Exception as e:
     a, c = _operands((4, 30, 5, 24), seed=7)
     b = jax.random.normal(jax.random.PRNGKey(8), (4, 5, 24))
     a_B, c_B = a.reshape(2, 2, 30, 5), c.reshape(2, 2, 30, 24)
-    for fn, x, y in ((tn_product.tn_product, a_B, c_B), (matmul, a_B, b.reshape(2, 2, 5, 24))):
+    for fn, x, y in ((tn_product.tn_product, a_B, c_B), (matmul, a_B, b.reshape(2, 2, 5, 24)),
+                     (tn_product.matmul_bt, a_B, jnp.swapaxes(b, 1, 2).reshape(2, 2, 24, 5))):
       want = np.stack([fn(x[i], y[i]) for i in range(2)])
       np.testing.assert_allclose(self.variant(jax.vmap(fn))(x, y), want, rtol=1e-5, atol=1e-5)
       # batched along another axis, and against an unbatched operand

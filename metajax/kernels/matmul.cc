@@ -116,20 +116,21 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer
   // (P, R, C) and (P, C, O) [(P, O, C) transposed], or rank 2 for P = 1.
   auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
   const size_t rank = ad.size();
+  const auto shapes_error = ffi::Error::InvalidArgument(
+      "matmul: a (P, R, C), b (P, C, O) or (P, O, C) with transpose_b, c (P, R, O); or rank 2");
+  if ((rank != 3 && rank != 2) || bd.size() != rank || cd.size() != rank) return shapes_error;
   const int64_t C = ad[rank - 1];
   const int64_t O = transpose_b ? bd[rank - 2] : bd[rank - 1];
-  if ((rank != 3 && rank != 2) || bd.size() != rank || cd.size() != rank ||
-      (rank == 3 && (ad[0] != bd[0] || cd[0] != ad[0])) ||
+  if ((rank == 3 && (ad[0] != bd[0] || cd[0] != ad[0])) ||
       (transpose_b ? bd[rank - 1] : bd[rank - 2]) != C || cd[rank - 2] != ad[rank - 2] ||
       cd[rank - 1] != O)
-    return ffi::Error::InvalidArgument(
-        "matmul: a (P, R, C), b (P, C, O) or (P, O, C) with transpose_b, c (P, R, O); or rank 2");
+    return shapes_error;
   const int64_t P = rank == 3 ? ad[0] : 1, R = ad[rank - 2];
   const float* ap = a.typed_data(); const float* bp = b.typed_data();
   float* cp = c->typed_data();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  // At least four items per thread where there are rows enough (48 or more per
-  // item): a few products' rows are split into ranges of whole register blocks.
+  // At least four items per thread where there are rows enough (at most ~48 rows
+  // an item): a few products' rows are split into ranges of whole register blocks.
   const int64_t splits = std::max<int64_t>(
       1, std::min((4 * threads + P - 1) / std::max<int64_t>(P, 1), (R + 47) / 48));
   const int64_t per = ((R + splits - 1) / splits + kRows - 1) / kRows * kRows;
