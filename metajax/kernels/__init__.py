@@ -1,6 +1,7 @@
 """Hand-written CPU kernels, as XLA FFI custom calls: every `*.cc` here,
 built into one library with the system's C++ compiler on first use
-(parallel.h: the work sharing over XLA's thread pool that they use).
+(parallel.h: the work sharing over XLA's thread pool that they use; vec.h:
+the vector type and register blocks of the two products).
 
 tn_product.cc: the kernel-gradient product aᵀb (metajax.tn_product).
 matmul.cc: the forward products a b and a bᵀ (metajax.tn_product.matmul).

@@ -17,35 +17,16 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// The widest vectors and the register block that fits the target's registers
-// (RB x 2 accumulators, 2 vectors of b and one of a): AVX-512 and AArch64
-// have 32, AVX2 and SSE 16.
-#if defined(__AVX512F__)
-constexpr int kBytes = 64, kRows = 8;
-#elif defined(__AVX__)
-constexpr int kBytes = 32, kRows = 6;
-#elif defined(__aarch64__)
-constexpr int kBytes = 16, kRows = 8;
-#else
-constexpr int kBytes = 16, kRows = 6;
-#endif
-constexpr int kLanes = kBytes / 4;
+using namespace metajax;   // vec.h: the vector type and the register block's rows
+
 constexpr int kCols = 2 * kLanes;   // columns of c per register block
-
-// aligned(4), __may_alias__: loads and stores through vec pointers may be
-// unaligned and alias the float buffers.
-typedef float vec __attribute__((vector_size(kBytes), aligned(4), __may_alias__));
-
-inline vec load(const float* p) { return *reinterpret_cast<const vec*>(p); }
-inline void store(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
-// x - 0 is x for every x (-0 included): a bare broadcast (0 + x is not).
-inline vec splat(float x) { return x - vec{}; }
 
 // panels[ob][k][j] = b[k][ob * kCols + j] (b[ob * kCols + j][k] if transposed),
 // zero past O.
@@ -97,16 +78,9 @@ void rows(const float* a, const float* panels, float* c, int64_t r0, int64_t r1,
       const float* panel = panels + (o0 / kCols) * C * kCols;
       float* cr = c + r * O + o0;
       const int64_t width = std::min<int64_t>(kCols, O - o0);
-      switch (std::min<int64_t>(kRows, r1 - r)) {
-        case 8: block<8>(ar, panel, cr, C, O, width); break;
-        case 7: block<7>(ar, panel, cr, C, O, width); break;
-        case 6: block<6>(ar, panel, cr, C, O, width); break;
-        case 5: block<5>(ar, panel, cr, C, O, width); break;
-        case 4: block<4>(ar, panel, cr, C, O, width); break;
-        case 3: block<3>(ar, panel, cr, C, O, width); break;
-        case 2: block<2>(ar, panel, cr, C, O, width); break;
-        default: block<1>(ar, panel, cr, C, O, width); break;
-      }
+      with_rows(std::min<int64_t>(kRows, r1 - r), [&](auto rb) {
+        block<decltype(rb)::value>(ar, panel, cr, C, O, width);
+      });
     }
   }
 }

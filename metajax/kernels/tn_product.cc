@@ -13,37 +13,16 @@
 #include <vector>
 
 #include "parallel.h"
+#include "vec.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// The widest vectors and the register block the target has room for: CB x
-// NV accumulators plus NV vectors of b and one of a must fit its registers
-// (AVX-512 and AArch64: 32; AVX2 and SSE: 16, where a block of 8 would spill).
-#if defined(__AVX512F__)
-constexpr int kBytes = 64, kRows = 8;
-#elif defined(__AVX__)
-constexpr int kBytes = 32, kRows = 6;
-#elif defined(__aarch64__)
-constexpr int kBytes = 16, kRows = 8;
-#else
-constexpr int kBytes = 16, kRows = 6;
-#endif
-constexpr int kLanes = kBytes / 4;
+using namespace metajax;   // vec.h: the vector type and the register block's rows
+
 constexpr int kChunk = 256;   // rows of R per pass over the blocks of c
-
-// aligned(4), __may_alias__: loads and stores through vec pointers may be
-// unaligned and alias the float buffers.
-typedef float vec __attribute__((vector_size(kBytes), aligned(4), __may_alias__));
-
-inline vec load(const float* p) { return *reinterpret_cast<const vec*>(p); }
-inline void store(float* p, vec v) { *reinterpret_cast<vec*>(p) = v; }
-// x - 0 is x for every x (-0 included), so this compiles to a bare broadcast;
-// 0 + x is not (-0 + 0 = +0), and costs a scalar add and a register
-// broadcast per use: ~20% of the kernel's rate on an AVX2 host.
-inline vec splat(float x) { return x - vec{}; }
 
 // c[c0:c0+CB, o0:o0+kLanes*NV] += a[r0:r1, c0:c0+CB]^T b[r0:r1, o0:o0+kLanes*NV]
 template <int CB, int NV>
@@ -105,16 +84,9 @@ void product(const float* a, const float* b, float* c, int64_t r_begin, int64_t 
   for (int64_t r0 = r_begin; r0 < r_end; r0 += kChunk) {
     const int64_t r1 = std::min(r_end, r0 + kChunk);
     for (int64_t c0 = 0; c0 < C; c0 += kRows) {
-      switch (std::min<int64_t>(kRows, C - c0)) {
-        case 8: rows<8>(a, b, c, r0, r1, C, O, c0); break;
-        case 7: rows<7>(a, b, c, r0, r1, C, O, c0); break;
-        case 6: rows<6>(a, b, c, r0, r1, C, O, c0); break;
-        case 5: rows<5>(a, b, c, r0, r1, C, O, c0); break;
-        case 4: rows<4>(a, b, c, r0, r1, C, O, c0); break;
-        case 3: rows<3>(a, b, c, r0, r1, C, O, c0); break;
-        case 2: rows<2>(a, b, c, r0, r1, C, O, c0); break;
-        default: rows<1>(a, b, c, r0, r1, C, O, c0); break;
-      }
+      with_rows(std::min<int64_t>(kRows, C - c0), [&](auto cb) {
+        rows<decltype(cb)::value>(a, b, c, r0, r1, C, O, c0);
+      });
     }
   }
 }
